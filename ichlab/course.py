@@ -12,6 +12,22 @@ import sys
 
 from ichlab.config import Config, get_config
 
+# The course repository that Colab installs from and the README's badges open. The
+# publishing instructor replaces it with `ichlab course set-repository URL`, which rewrites
+# this line, every notebook's setup cell and the README badges together.
+REPOSITORY_URL = "https://github.com/your-org/ichlab"
+
+# The first code cell of every notebook, byte for byte; a test compares them.
+SETUP_CELL = f"""\
+# Setup: install ichlab where it is missing (Colab), keeping the torch that is already there.
+import importlib.util
+import subprocess
+import sys
+
+COURSE_REPOSITORY = "{REPOSITORY_URL}"
+if importlib.util.find_spec("ichlab") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", f"git+{{COURSE_REPOSITORY}}"], check=True)"""
+
 # The notebooks in course order, each with its rough run time in minutes:
 # (quick mode on 2 CPU cores, demo mode on 2 CPU cores, full mode on one GPU).
 NOTEBOOKS = {
@@ -74,3 +90,67 @@ def start(notebook: str, mode: str | None = None) -> Config:
     if config.mode == "full" and device.startswith("CPU"):
         print("warning: full mode on a CPU takes hours; attach a GPU or set ICHLAB_MODE=demo")
     return config
+
+
+# Packages the course imports, by import name and the pip name that installs them.
+REQUIRED_PACKAGES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "pydicom": "pydicom",
+    "pylibjpeg": "pylibjpeg",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "sklearn": "scikit-learn",
+    "matplotlib": "matplotlib",
+    "ipywidgets": "ipywidgets",
+    "pytorch_grad_cam": "grad-cam",
+    "tqdm": "tqdm",
+}
+
+
+def check_environment() -> list[tuple[str, str, str]]:
+    """Check that every package the course needs imports.
+
+    Returns
+    -------
+    list of (package, version, status)
+        ``status`` is ``"ok"`` or the pip command that installs the missing package.
+    """
+    import importlib
+    from importlib import metadata
+
+    rows = []
+    for module_name, pip_name in REQUIRED_PACKAGES.items():
+        try:
+            importlib.import_module(module_name)
+        except ImportError:
+            rows.append((pip_name, "-", f"missing: pip install {pip_name}"))
+            continue
+        try:
+            version = metadata.version(pip_name)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        rows.append((pip_name, version, "ok"))
+    return rows
+
+
+def advice(config: Config) -> str:
+    """Return what the student should do next, given the mode and the hardware."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    if config.mode == "full":
+        if not config.data.root.is_dir():
+            return (
+                f"Full mode needs the RSNA subset at {config.data.root}: see data/README.md, "
+                "or set ICHLAB_MODE=demo to use the generated data."
+            )
+        if not has_gpu:
+            return "Full mode on a CPU takes many hours: attach a GPU (Colab: Runtime > Change runtime type) or use demo mode."
+        return "Ready for full mode: continue with 01_dicom_and_windowing."
+    if config.mode == "demo" and has_gpu:
+        return "A GPU is attached: demo mode will be fast, and full mode is possible once the RSNA subset is prepared."
+    if config.mode == "demo":
+        return "Demo mode on a CPU: each training notebook takes a few minutes. Continue with 01_dicom_and_windowing."
+    return "Quick mode checks that everything runs; numbers are not meaningful. Continue with 01_dicom_and_windowing."

@@ -1,0 +1,76 @@
+"""``ichlab phantom``: write a generated head-CT dataset in the RSNA layout."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "phantom",
+        help="generate head-CT DICOM series with RSNA-style labels and lesion masks",
+        description=(
+            "Write one axial head-CT series per patient as DICOM files (stage_2_train/), "
+            "RSNA-style labels (stage_2_train.csv), lesion masks (masks/) and the settings "
+            "(phantom.json). The data is a teaching phantom, not clinical data."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    parser.add_argument("--patients", type=int, required=True, help="number of patients (one series each)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same arguments give identical files")
+    parser.add_argument("--size", type=int, default=512, help="pixels per side of a slice without size quirks")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        nargs=2,
+        default=(20, 40),
+        metavar=("MIN", "MAX"),
+        help="inclusive range of slices per series (5 mm apart)",
+    )
+    parser.add_argument(
+        "--difficulty",
+        choices=("easy", "default", "hard"),
+        default="default",
+        help="lesion size, blood contrast and noise level",
+    )
+    parser.add_argument(
+        "--quirks",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help=(
+            "add header quirks of real RSNA files at their default rates: all of them when "
+            "given without names, or only the named ones"
+        ),
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ichlab.phantom import generate_dataset
+    from ichlab.phantom.quirks import QUIRK_NAMES
+
+    quirks = args.quirks
+    if quirks is not None:
+        unknown = sorted(set(quirks) - set(QUIRK_NAMES))
+        if unknown:
+            print(f"error: unknown quirk {', '.join(unknown)}; choose from {', '.join(QUIRK_NAMES)}")
+            return 2
+        quirks = list(quirks) if quirks else True
+
+    root = generate_dataset(
+        args.out,
+        args.patients,
+        seed=args.seed,
+        image_size=args.size,
+        slices_per_series=tuple(args.slices),
+        difficulty=args.difficulty,
+        quirks=quirks,
+        progress=not args.no_progress,
+    )
+    print(f"generated dataset in {root}")
+    print("This is a teaching phantom: results on it say nothing about clinical performance.")
+    return 0

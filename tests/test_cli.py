@@ -1,0 +1,131 @@
+"""The ``ichlab`` command end to end: help for every subcommand, a quick main job, and predict."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ichlab import SUBTYPES
+from ichlab.cli import COMMANDS
+
+ICHLAB = [sys.executable, "-m", "ichlab.cli"]
+
+
+def run_ichlab(*arguments: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*ICHLAB, *arguments], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_console_script_installed():
+    script = Path(sys.executable).parent / "ichlab"
+    assert script.is_file(), f"the ichlab console script is missing beside {sys.executable}; reinstall with pip install -e ."
+
+
+def test_help_lists_every_subcommand():
+    result = run_ichlab("--help")
+    assert result.returncode == 0, result.stderr
+    for name in COMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_help(command):
+    result = run_ichlab(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: ichlab" in result.stdout
+
+
+def test_predict_without_run_folder_fails_clearly(tmp_path):
+    result = run_ichlab("predict", str(tmp_path), "--run", str(tmp_path / "missing-run"))
+    assert result.returncode != 0
+    assert "best.pt" in result.stderr
+    assert "ichlab reproduce" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """One quick main job for the whole module: all three paths, few bootstrap replicates."""
+    out_dir = tmp_path_factory.mktemp("run") / "quick"
+    result = run_ichlab("reproduce", "--mode", "quick", "--bootstrap", "50", "--no-progress", "--out", str(out_dir), timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return out_dir
+
+
+@pytest.mark.slow
+def test_reproduce_writes_run_folder(quick_run):
+    for name in ("config.json", "log.txt", "f1_table.csv", "f1_table.md", "report.md", "gradcam_subtypes.png", "cam_scores.csv"):
+        assert (quick_run / name).is_file(), name
+    for arch in ("2d", "2.5d", "lstm"):
+        assert (quick_run / arch / "best.pt").is_file()
+        for split in ("val", "test"):
+            assert (quick_run / "predictions" / f"{arch}_{split}.csv").is_file()
+
+
+@pytest.mark.slow
+def test_reproduce_f1_table_covers_models_and_subtypes(quick_run):
+    table = pd.read_csv(quick_run / "f1_table.csv", index_col=0)
+    for subtype in SUBTYPES:
+        assert subtype in table.index
+    for title in ("2D", "2.5D", "LSTM"):
+        assert any(column.startswith(title) for column in table.columns), table.columns
+
+
+@pytest.mark.slow
+def test_reproduce_predictions_hold_probabilities(quick_run):
+    table = pd.read_csv(quick_run / "predictions" / "lstm_test.csv")
+    probabilities = table[[f"prob_{subtype}" for subtype in SUBTYPES]].to_numpy()
+    assert len(table) > 0
+    assert (probabilities >= 0).all()
+    assert (probabilities <= 1).all()
+
+
+@pytest.mark.slow
+def test_predict_orders_shuffled_real_series(quick_run, real_ct_series, tmp_path):
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    originals = sorted(real_ct_series.glob("*.dcm"))
+    new_names = [f"{number:02d}.dcm" for number in range(1, len(originals) + 1)]
+    random.Random(7).shuffle(new_names)
+    renamed = {}
+    for original, new_name in zip(originals, new_names):
+        shutil.copy(original, shuffled / new_name)
+        renamed[new_name] = original.name
+
+    out_dir = tmp_path / "out"
+    result = run_ichlab("predict", str(shuffled), "--run", str(quick_run), "--out", str(out_dir))
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "nothing clinical" in result.stdout
+
+    table = pd.read_csv(out_dir / "probabilities_lstm.csv")
+    assert len(table) == 28
+    original_order = [renamed[name] for name in table["file"]]
+    assert original_order == sorted(original_order)
+    assert len(list(out_dir.glob("gradcam_lstm_*.png"))) == 1
+
+
+@pytest.mark.slow
+def test_predict_rejects_unknown_subtype(quick_run, tmp_path):
+    result = run_ichlab("predict", str(tmp_path), "--run", str(quick_run), "--subtype", "bleeding")
+    assert result.returncode != 0
+    assert "invalid choice" in result.stderr
+
+
+@pytest.mark.slow
+def test_reproduce_same_seed_same_table(tmp_path):
+    tables = []
+    for name in ("first", "second"):
+        out_dir = tmp_path / name
+        result = run_ichlab(
+            "reproduce", "--mode", "quick", "--archs", "2d", "--image-size", "64",
+            "--bootstrap", "20", "--no-progress", "--out", str(out_dir),
+        )
+        assert result.returncode == 0, result.stderr[-5000:]
+        tables.append((out_dir / "f1_table.csv").read_text())
+        tables.append((out_dir / "predictions" / "2d_test.csv").read_text())
+    assert tables[0] == tables[2]
+    assert tables[1] == tables[3]
