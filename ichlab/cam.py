@@ -1,7 +1,6 @@
 """Grad-CAM maps for the 2D, 2.5D and LSTM paths, computed with pytorch-grad-cam.
 
-A map answers "which pixels raised the logit of this subtype?" for one image and one named
-subtype. The three paths share the EfficientNet-B0 backbone, so the map always comes from
+A map shows which pixels raised the logit of one named subtype for one image. The three paths share the EfficientNet-B0 backbone, so the map always comes from
 the same layer (:func:`target_layer`); for the LSTM path it comes from the backbone's
 activations of one slice of the window (the centre slice by default).
 """
@@ -24,10 +23,10 @@ from ichlab import SUBTYPES
 logger = logging.getLogger(__name__)
 
 # A map is reported as empty when its largest positive value before normalisation is at
-# most this fraction of its largest absolute value: the positive part is then float32
-# rounding noise, which normalisation to [0, 1] would blow up into a random pattern.
-# The test is relative because the raw scale (activation times gradient) depends on the
-# weights: an untrained EfficientNet-B0 gives peaks near 1e-7 at 64 px.
+# most this fraction of its largest absolute value. Such a positive part is float32
+# rounding noise, which normalisation to [0, 1] would turn into a random pattern. The
+# test is relative because the raw scale (activation times gradient) depends on the
+# weights: an untrained EfficientNet-B0 at 64 px gives peaks near 1e-7.
 EMPTY_RELATIVE_PEAK = 1e-5
 
 
@@ -116,7 +115,7 @@ class SequenceAsChannels(nn.Module):
     """Present a sequence model to grad-cam as an image model.
 
     grad-cam treats a 5-D input as a volume, so the (B, K, 3, H, W) window is folded into
-    (B, K*3, H, W) on the way in and unfolded here before the wrapped model sees it.
+    (B, K*3, H, W) for grad-cam and unfolded here before the wrapped model runs.
     """
 
     def __init__(self, model: nn.Module, n_slices: int) -> None:
@@ -127,14 +126,17 @@ class SequenceAsChannels(nn.Module):
     def forward(self, folded: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = folded.shape
         window = folded.reshape(batch, self.n_slices, channels // self.n_slices, height, width)  # (B, K, 3, H, W)
-        return self.model(window)
+        # A series-mode model's forward takes chunks of a series; its per-window forward
+        # gives the logits of the window's centre slice in both modes.
+        forward_window = getattr(self.model, "forward_window", self.model)
+        return forward_window(window)  # (B, 5)
 
 
 def slice_reshape_transform(n_slices: int, position: int):
     """Return a function that picks one slice's maps from the backbone's (B*K, C, h, w) output.
 
-    The LSTM path runs its shared backbone on all slices of the batch at once, slices of one
-    window contiguous, so row ``b * K + position`` holds slice ``position`` of window ``b``.
+    The LSTM path runs its shared backbone on all slices of the batch at once, with the
+    slices of one window contiguous, so row ``b * K + position`` is slice ``position`` of window ``b``.
     """
 
     def pick_slice(activations: torch.Tensor) -> torch.Tensor:
@@ -173,8 +175,8 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
 
 
 def _cudnn_context(model: nn.Module, device: torch.device):
-    # cuDNN implements an RNN's backward pass only in training mode, and grad-cam runs the
-    # model in eval mode; without cuDNN, PyTorch's own LSTM kernels give the same gradients.
+    # cuDNN implements an RNN's backward pass only in training mode, but grad-cam runs the
+    # model in eval mode. PyTorch's native LSTM kernels, used when cuDNN is off, support both modes.
     has_rnn = any(isinstance(module, nn.RNNBase) for module in model.modules())
     if device.type == "cuda" and has_rnn:
         return torch.backends.cudnn.flags(enabled=False)
@@ -323,3 +325,52 @@ def compute_window_cams(model: nn.Module, windows: torch.Tensor | np.ndarray, su
         peaks=np.stack([result.peaks for result in per_slice], axis=1),  # (B, K)
         scales=np.stack([result.scales for result in per_slice], axis=1),  # (B, K)
     )
+
+
+def cache_inputs(cache, rows: Sequence[int] | np.ndarray, arch: str, context_slices: int = 3) -> torch.Tensor:
+    """Build the model input of each cache row exactly as the evaluation datasets do.
+
+    The inputs come from ``ichlab.datasets.SliceDataset`` without augmentation: the K slices
+    centred on the row, with the end slices of its series repeated, in three windows.
+
+    Parameters
+    ----------
+    cache
+        A ``SliceCache``.
+    rows
+        Cache row numbers.
+    arch
+        ``"2d"`` gives (B, 3, S, S), ``"2.5d"`` (B, 3K, S, S) and ``"lstm"`` (B, K, 3, S, S).
+    context_slices
+        K, the odd number of slices in a 2.5D or LSTM window.
+    """
+    from ichlab.datasets import ARCH_INPUT_KINDS, SliceDataset
+
+    if arch not in ARCH_INPUT_KINDS:
+        raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCH_INPUT_KINDS)}")
+    # With no split, dataset item i is cache row i.
+    dataset = SliceDataset(cache, None, input_kind=ARCH_INPUT_KINDS[arch], context_slices=context_slices)
+    images = [dataset[int(row)]["image"] for row in np.asarray(rows, dtype=np.int64)]
+    return torch.stack(images)  # (B, 3, S, S), (B, 3K, S, S) or (B, K, 3, S, S)
+
+
+# Figures and scores live beside this module; they are re-exported so that ``ichlab.cam``
+# stays the one name to import.
+from ichlab.cam_explorer import cam_explorer, explorer_figure  # noqa: E402
+from ichlab.cam_figures import (  # noqa: E402
+    compare_models_figure,
+    overlay_cam,
+    save_overlay,
+    save_subtype_figure,
+    subtype_figure,
+    window_figure,
+)
+from ichlab.cam_scoring import (  # noqa: E402
+    cam_scores_per_slice,
+    score_cams,
+    score_maps,
+    scores_to_markdown,
+)
+
+# The main job's name for score_cams.
+score_models = score_cams

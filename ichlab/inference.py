@@ -115,7 +115,7 @@ def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subty
     -------
     SeriesPrediction
     """
-    from ichlab import cam, training, windows
+    from ichlab import cam, cam_figures, training, windows
 
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / arch / "best.pt"
@@ -162,7 +162,7 @@ def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subty
 
     result = cam.compute_cams(model, inputs[slice_index:slice_index + 1], [subtype])
     overlay_path = out_dir / f"gradcam_{arch}_{subtype}_slice{slice_index:03d}.png"
-    cam.save_overlay(
+    cam_figures.save_overlay(
         hu[slice_index],
         result.maps[0],
         overlay_path,

@@ -25,6 +25,9 @@ ARCHS = ("2d", "2.5d", "lstm")
 # Column titles of the F1 table, as in the reference table.
 ARCH_TITLES = {"2d": "2D", "2.5d": "2.5D", "lstm": "LSTM"}
 
+# Slices per subtype whose CAMs the main job scores; each costs a backward pass per model.
+CAM_SLICES_PER_SUBTYPE = 40
+
 # The dataset input each path consumes.
 INPUT_KINDS = {"2d": "2d", "2.5d": "2.5d", "lstm": "sequence"}
 
@@ -188,17 +191,26 @@ def reproduce(config: Config, out_dir: Path, *, archs: tuple[str, ...] = ARCHS, 
 
 def _explain(config: Config, cache, trained: dict, out_dir: Path, *, progress: bool) -> str:
     """Write the Grad-CAM subtype figure and the CAM score table; return the report section."""
-    from ichlab import cam
+    from ichlab import cam_figures, cam_scoring
 
     if "lstm" not in trained:
         return "Grad-CAM: the LSTM path was not trained in this run.\n"
     test_predictions = pd.read_csv(out_dir / "predictions" / "lstm_test.csv")
     figure_path = out_dir / "gradcam_subtypes.png"
-    cam.save_subtype_figure(trained["lstm"], cache, test_predictions, figure_path, context_slices=config.data.context_slices)
+    cam_figures.save_subtype_figure(trained["lstm"], cache, test_predictions, figure_path, context_slices=config.data.context_slices)
 
-    scores = cam.score_models(trained, cache, split="test", context_slices=config.data.context_slices)
+    named_models = {ARCH_TITLES[arch]: model for arch, model in trained.items()}
+    scores = cam_scoring.score_cams(
+        named_models,
+        cache,
+        split="test",
+        context_slices=config.data.context_slices,
+        max_slices_per_subtype=CAM_SLICES_PER_SUBTYPE,
+        seed=config.data.seed,
+        progress=progress,
+    )
     scores.to_csv(out_dir / "cam_scores.csv", index=False)
-    return "## Grad-CAM\n\n![subtype figure](gradcam_subtypes.png)\n\n" + cam.scores_to_markdown(scores) + "\n"
+    return "## Grad-CAM\n\n![subtype figure](gradcam_subtypes.png)\n\n" + cam_scoring.scores_to_markdown(scores) + "\n"
 
 
 def _write_report(out_dir: Path, config: Config, f1_markdown: str, cam_section: str, n_skipped: int, seconds: float) -> None:

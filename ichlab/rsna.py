@@ -33,6 +33,7 @@ REFERENCE_SLICE_COUNTS = {
 # Folder and label file names of the Kaggle download, newest stage first.
 KAGGLE_LAYOUTS = (
     ("stage_2_train", "stage_2_train.csv"),
+    ("stage_2_train_images", "stage_2_train.csv"),
     ("stage_1_train_images", "stage_1_train.csv"),
 )
 KAGGLE_FOLDER = "rsna-intracranial-hemorrhage-detection"
@@ -186,7 +187,7 @@ def find_layout(root: str | Path) -> tuple[Path, Path]:
             labels_csv = folder / csv_name
             if dicom_dir.is_dir() and labels_csv.is_file():
                 return dicom_dir, labels_csv
-    expected = " or ".join(f"{dicom_name}/ with {csv_name}" for dicom_name, csv_name in KAGGLE_LAYOUTS)
+    expected = " or ".join(f"{dicom_name}/ with {csv_name}" for dicom_name, csv_name in KAGGLE_LAYOUTS[::2])
     found = sorted(path.name for path in root.iterdir())[:10] if root.is_dir() else "the folder does not exist"
     raise FileNotFoundError(
         f"no RSNA layout in {root}: expected {expected} (optionally inside {KAGGLE_FOLDER}/); found {found}. "

@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# Gaps along the normal closer than this to the series' median spacing count as regular.
+# Gaps along the normal that differ by at most this many mm count as one spacing; a series
+# whose largest and smallest gaps differ by more has irregular spacing.
 SPACING_TOLERANCE_MM = 0.1
 # Two positions closer than this are duplicates (the same slice stored twice).
 DUPLICATE_MM = 0.01
-# A gap below this fraction of the median spacing is a near-duplicate, as in two interleaved
+# A gap below this fraction of the slice thickness is a near-duplicate, as in two interleaved
 # stacks stored as one series.
 NEAR_DUPLICATE_FRACTION = 0.2
 
@@ -27,7 +28,7 @@ def _as_vectors(column: pd.Series, width: int, name: str) -> np.ndarray:
             continue
         vector = np.asarray(value, dtype=np.float64).ravel()
         if vector.size != width:
-            raise ValueError(f"{name} must hold {width} numbers per slice, got {value!r}")
+            raise ValueError(f"{name} must contain {width} numbers per slice, got {value!r}")
         values[row] = vector
     return values
 
@@ -76,17 +77,21 @@ def order_slices(headers: pd.DataFrame) -> pd.DataFrame:
     normals = slice_normals(table["orientation"])  # (N, 3)
     incomplete = np.isnan(positions).any(axis=1) | np.isnan(normals).any(axis=1)
     if incomplete.any():
-        label_column = "file" if "file" in table.columns else "image_id" if "image_id" in table.columns else None
-        first = table[label_column].iloc[int(np.argmax(incomplete))] if label_column else int(np.argmax(incomplete))
+        first_row = int(np.argmax(incomplete))
+        first = first_row
+        for label_column in ("file", "image_id"):
+            if label_column in table.columns:
+                first = table[label_column].iloc[first_row]
+                break
         raise ValueError(
             f"{int(incomplete.sum())} slice(s) lack ImagePositionPatient or a valid ImageOrientationPatient "
             f"(first: {first}); drop them before ordering"
         )
 
-    # One normal per series (the mean of its slices' normals), so a single odd header cannot
-    # move its own slice.
+    # One normal per series (the mean of its slices' normals), so every slice of a series is
+    # projected onto the same axis.
     series_normals = pd.DataFrame(normals, index=table.index).groupby(table["series_uid"].to_numpy()).transform("mean")
-    series_normals = series_normals.to_numpy()
+    series_normals = series_normals.to_numpy(copy=True)
     series_normals /= np.linalg.norm(series_normals, axis=1, keepdims=True)
     table["slice_position_mm"] = np.einsum("ij,ij->i", positions, series_normals)
 
@@ -105,7 +110,19 @@ def _spacing_runs(gaps: np.ndarray, tolerance_mm: float) -> list[tuple[float, in
             runs[-1] = ((spacing * count + gap) / (count + 1), count + 1)
         else:
             runs.append((float(gap), 1))
-    return [(round(spacing, 2), count) for spacing, count in runs]
+    return [(round(float(spacing), 2), count) for spacing, count in runs]
+
+
+def _reference_spacing(group: pd.DataFrame, gaps: np.ndarray, median: float) -> np.ndarray:
+    # Each gap is judged against the thinner of its two slices, because the median gap of two
+    # interleaved stacks is the small offset between them. Without SliceThickness the median
+    # gap is the reference.
+    reference = np.full(gaps.shape, median)
+    if "slice_thickness" in group.columns and gaps.size:
+        thickness = pd.to_numeric(group["slice_thickness"], errors="coerce").to_numpy(dtype=np.float64)
+        thinner = np.minimum(thickness[:-1], thickness[1:])
+        reference = np.where(np.isfinite(thinner) & (thinner > 0), thinner, reference)
+    return reference
 
 
 def series_report(
@@ -126,8 +143,9 @@ def series_report(
     duplicate_mm
         Gaps below this are duplicate positions.
     near_duplicate_fraction
-        Gaps of at least ``duplicate_mm`` but below this fraction of the median spacing are
-        near-duplicates (for example two interleaved stacks in one series).
+        Gaps of at least ``duplicate_mm`` but below this fraction of the thinner neighbouring
+        SliceThickness (or of the median gap when the table has no thickness) are
+        near-duplicates, as in two interleaved stacks stored as one series.
 
     Returns
     -------
@@ -147,7 +165,8 @@ def series_report(
         else:
             median, minimum, maximum = float(np.median(gaps)), float(gaps.min()), float(gaps.max())
         duplicates = int((gaps < duplicate_mm).sum())
-        near_duplicates = int(((gaps >= duplicate_mm) & (gaps < near_duplicate_fraction * median)).sum()) if gaps.size else 0
+        reference = _reference_spacing(group, gaps, median)  # (n - 1,)
+        near_duplicates = int(((gaps >= duplicate_mm) & (gaps < near_duplicate_fraction * reference)).sum())
         rows.append(
             {
                 "series_uid": series_uid,

@@ -2,8 +2,8 @@
 
 The repository URL lives in one place, ``REPOSITORY_URL`` in ``ichlab/course.py``.
 ``ichlab course set-repository URL`` rewrites that line, the ``COURSE_REPOSITORY = "..."``
-line of every notebook's setup cell, and every repository and Colab link in the Markdown
-guides, so a publishing instructor changes the URL everywhere with one command.
+line of every notebook's setup cell, and every repository and Colab link in the guides and
+project metadata, so a publishing instructor changes the URL everywhere with one command.
 ``ichlab course badges`` prints the README's table of "Open in Colab" badges.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 COURSE_MODULE = Path("ichlab") / "course.py"
 NOTEBOOK_FOLDERS = ("notebooks", "exercises")
-GUIDE_FILES = ("README.md",)
-GUIDE_FOLDERS = ("docs",)
+# Text files whose repository and Colab links are rewritten: these files, and Markdown under these folders.
+TEXT_FILES = ("README.md", "CITATION.cff", "pyproject.toml", "data/README.md")
+TEXT_FOLDERS = ("docs",)
 
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 COLAB_BRANCH = "main"
@@ -25,7 +26,7 @@ COLAB_BRANCH = "main"
 _GITHUB_URL = re.compile(r"^https://github\.com/(?P<owner>[A-Za-z0-9-]+)/(?P<repo>[A-Za-z0-9._-]+?)(?:\.git)?/?$")
 _REPOSITORY_LINE = re.compile(r'^REPOSITORY_URL = "(?P<url>[^"\n]*)"$', re.MULTILINE)
 _SETUP_LINE = re.compile(r'^COURSE_REPOSITORY = "[^"\n]*"$', re.MULTILINE)
-# A Colab link to a notebook on GitHub; the badge image under /assets/ does not match.
+# A Colab link to a notebook on GitHub. The badge image under /assets/ does not match.
 _COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)\"'>]+/[^/\s)\"'>]+/blob/")
 
 
@@ -44,7 +45,7 @@ def parse_repository_url(url: str) -> tuple[str, str]:
     Raises
     ------
     ValueError
-        If ``url`` is not a GitHub repository URL; Colab opens notebooks only from GitHub.
+        If ``url`` is not a GitHub repository URL, because Colab badges open notebooks from GitHub only.
     """
     match = _GITHUB_URL.match(url.strip())
     if match is None:
@@ -107,7 +108,7 @@ def _course_module_change(root: Path, url: str) -> tuple[FileChange, str]:
     text = path.read_text(encoding="utf-8")
     matches = list(_REPOSITORY_LINE.finditer(text))
     if len(matches) != 1:
-        raise ValueError(f'{path} must hold exactly one line REPOSITORY_URL = "..."; found {len(matches)}')
+        raise ValueError(f'{path} must contain exactly one line REPOSITORY_URL = "...", found {len(matches)}')
     old_url = matches[0]["url"]
     new_text = _REPOSITORY_LINE.sub(f'REPOSITORY_URL = "{url}"', text)
     return FileChange(path, new_text, 1), old_url
@@ -133,7 +134,7 @@ def _notebook_change(path: Path, url: str) -> FileChange | None:
     return FileChange(path, text, replacements)
 
 
-def _guide_change(path: Path, old_url: str, url: str) -> FileChange | None:
+def _text_change(path: Path, old_url: str, url: str) -> FileChange | None:
     owner, repo = parse_repository_url(url)
     text = path.read_text(encoding="utf-8")
     new_text, colab_count = _COLAB_LINK.subn(f"https://colab.research.google.com/github/{owner}/{repo}/blob/", text)
@@ -153,9 +154,9 @@ def _notebook_paths(root: Path) -> list[Path]:
     return paths
 
 
-def _guide_paths(root: Path) -> list[Path]:
-    paths = [root / name for name in GUIDE_FILES if (root / name).is_file()]
-    for folder in GUIDE_FOLDERS:
+def _text_paths(root: Path) -> list[Path]:
+    paths = [root / name for name in TEXT_FILES if (root / name).is_file()]
+    for folder in TEXT_FOLDERS:
         paths.extend(sorted((root / folder).rglob("*.md")))
     return paths
 
@@ -164,8 +165,9 @@ def set_repository(root: Path, url: str, dry_run: bool = False) -> list[FileChan
     """Point the course at another GitHub repository, rewriting every file that names it.
 
     Rewrites the ``REPOSITORY_URL`` line of ``ichlab/course.py``, the ``COURSE_REPOSITORY``
-    line of every notebook under ``notebooks/`` and ``exercises/``, and in ``README.md`` and
-    ``docs/**/*.md`` every Colab notebook link and every occurrence of the previous URL.
+    line of every notebook under ``notebooks/`` and ``exercises/``, and every Colab notebook
+    link and every occurrence of the previous URL in ``README.md``, ``docs/**/*.md``,
+    ``data/README.md``, ``CITATION.cff`` and ``pyproject.toml``.
     All new texts are built before the first file is written, so an error leaves every
     file as it was.
 
@@ -186,7 +188,7 @@ def set_repository(root: Path, url: str, dry_run: bool = False) -> list[FileChan
     Raises
     ------
     ValueError
-        If ``url`` is not a GitHub repository URL, or ``root`` holds no ``ichlab/course.py``
+        If ``url`` is not a GitHub repository URL, or ``root`` contains no ``ichlab/course.py``
         with exactly one ``REPOSITORY_URL`` line.
     """
     url = normalise_repository_url(url)
@@ -198,8 +200,8 @@ def set_repository(root: Path, url: str, dry_run: bool = False) -> list[FileChan
         change = _notebook_change(path, url)
         if change is not None:
             changes.append(change)
-    for path in _guide_paths(root):
-        change = _guide_change(path, old_url, url)
+    for path in _text_paths(root):
+        change = _text_change(path, old_url, url)
         if change is not None:
             changes.append(change)
 
@@ -223,7 +225,7 @@ def add_parser(subparsers) -> None:
         description=(
             "Replace the course repository URL everywhere it appears: the REPOSITORY_URL line of "
             "ichlab/course.py, the COURSE_REPOSITORY line of each notebook's setup cell, and the Colab "
-            "badges and repository links in README.md and docs/."
+            "badges and repository links in README.md, docs/, data/README.md, CITATION.cff and pyproject.toml."
         ),
     )
     set_parser.add_argument("url", help="the GitHub repository, for example https://github.com/my-org/ichlab")
@@ -267,7 +269,8 @@ def run_set_repository(args) -> int:
     verb = "would rewrite" if args.dry_run else "rewrote"
     root = Path(args.root).resolve()
     for change in changes:
-        print(f"{verb} {change.path.resolve().relative_to(root)} ({change.replacements} places)")
+        places = "place" if change.replacements == 1 else "places"
+        print(f"{verb} {change.path.resolve().relative_to(root)} ({change.replacements} {places})")
     print(f"{verb} {len(changes)} files for {normalise_repository_url(args.url)}")
     return 0
 

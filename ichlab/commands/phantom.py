@@ -45,6 +45,7 @@ def add_parser(subparsers) -> None:
             "given without names, or only the named ones"
         ),
     )
+    parser.add_argument("--workers", type=int, default=1, help="processes that render and write series in parallel")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 
@@ -70,6 +71,7 @@ def run(args) -> int:
         difficulty=args.difficulty,
         quirks=quirks,
         progress=not args.no_progress,
+        workers=args.workers,
     )
     print(f"generated dataset in {root}")
     print("This is a teaching phantom: results on it say nothing about clinical performance.")

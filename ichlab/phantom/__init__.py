@@ -2,9 +2,14 @@
 
 ``generate_dataset`` writes real DICOM files with RSNA-style labels and lesion masks;
 ``load_masks`` reads the masks back for scoring explanations. The phantom is a teaching
-tool: results measured on it say nothing about clinical performance.
+tool, so results measured on it tell nothing about clinical performance.
+
+Modules: ``anatomy`` (head and tissues), ``lesions`` (the five subtypes), ``quirks`` (RSNA
+header quirks and pixel encodings), ``plan`` (all random choices of a dataset), ``render``
+(pixels and masks), ``writer`` (DICOM files), ``dataset`` (the folder) and ``figures``.
 """
 
-from ichlab.phantom.dataset import generate_dataset, load_masks
+from ichlab.phantom.dataset import NOTICE, generate_dataset, load_masks, read_settings
+from ichlab.phantom.quirks import QUIRK_NAMES, QUIRK_RATES
 
-__all__ = ["generate_dataset", "load_masks"]
+__all__ = ["NOTICE", "QUIRK_NAMES", "QUIRK_RATES", "generate_dataset", "load_masks", "read_settings"]
