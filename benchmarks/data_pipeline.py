@@ -12,7 +12,11 @@ It generates a phantom dataset of 512 x 512 DICOM slices in a temporary folder (
 - ``cache 2D``, ``cache 2.5D``, ``cache sequence``: ``ichlab.datasets.SliceDataset``;
 - ``copy limit 2.5D``: copies the same three int16 slices out of the memory map and nothing
   else, the most a loader over this cache can deliver;
-- ``cache 2.5D + augment`` and ``cache 2.5D, window on device``.
+- ``cache 2.5D + augment``;
+- ``cache 2.5D, int16 + window_batch in main``: workers send int16 HU and the main process
+  windows each batch, as the training device does with ``window_on_device=True``;
+- ``in-process: ...``: the same loaders with ``num_workers=0``, without the inter-process
+  transfer of batches.
 
 Memory is read from ``/proc/<pid>/smaps_rollup`` (Linux) for the main process and its
 workers after a full pass: anonymous memory (heap, tensors) separately from resident pages of
@@ -196,10 +200,21 @@ def main():
         rates["cache 2.5D + augment"], memory["cache 2.5D + augment"] = samples_per_second(
             SliceDataset(cache, "train", "2.5d", augment=True), args.workers, args.batch_size, args.samples // 2
         )
-        rates["cache 2.5D, window on device"], memory["cache 2.5D, window on device"] = samples_per_second(
+        rates["cache 2.5D, int16 + window_batch in main"], memory["cache 2.5D, int16 + window_batch in main"] = samples_per_second(
             SliceDataset(cache, "train", "2.5d", window_on_device=True), args.workers, args.batch_size, args.samples,
             on_batch=lambda batch: window_batch(batch["image"], "2.5d"),
         )
+        # The same loaders without worker processes: no inter-process transfer of batches.
+        for name, dataset, on_batch in (
+            ("in-process: copy limit 2.5D", CopyLimitDataset(cache, "train"), None),
+            ("in-process: cache 2.5D", SliceDataset(cache, "train", "2.5d"), None),
+            (
+                "in-process: cache 2.5D, int16 + window_batch",
+                SliceDataset(cache, "train", "2.5d", window_on_device=True),
+                lambda batch: window_batch(batch["image"], "2.5d"),
+            ),
+        ):
+            rates[name], memory[name] = samples_per_second(dataset, 0, args.batch_size, args.samples, on_batch=on_batch)
         big = tiled_cache(cache, work / "tiled", 4)
         rates["cache 2.5D, 4x rows"], memory["cache 2.5D, 4x rows"] = samples_per_second(
             SliceDataset(big, "train", "2.5d"), args.workers, args.batch_size, 4 * args.samples
@@ -217,8 +232,13 @@ def main():
         for name, rate in rates.items():
             used = memory[name]
             print(f"| {name} | {rate:.0f} | {used['main_anonymous_mib']:.0f} | {used['worker_private_mib']:.0f} | {used['cache_rss_mib']:.0f} |")
+        on_device = rates["cache 2.5D, int16 + window_batch in main"]
         print(f"\ncache 2.5D / naive 2.5D: {rates['cache 2.5D'] / rates['naive 2.5D']:.1f}x")
+        print(f"cache 2.5D int16 + window_batch / naive 2.5D: {on_device / rates['naive 2.5D']:.1f}x")
         print(f"copy limit / cache 2.5D: {rates['copy limit 2.5D'] / rates['cache 2.5D']:.2f}x")
+        print(f"copy limit / cache 2.5D int16 + window_batch: {rates['copy limit 2.5D'] / on_device:.2f}x")
+        in_process = rates["in-process: cache 2.5D, int16 + window_batch"]
+        print(f"in-process copy limit / in-process int16 + window_batch: {rates['in-process: copy limit 2.5D'] / in_process:.2f}x")
         print(f"cache 2.5D / cache 2.5D + augment: {rates['cache 2.5D'] / rates['cache 2.5D + augment']:.2f}x")
         print(f"augmenting one batch of {args.batch_size} x 3 slices in the main process: {batch_augment_ms:.0f} ms")
     finally:

@@ -19,6 +19,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 from ichlab import SUBTYPES
+from ichlab.prediction_tables import (
+    UndefinedClassWarning,
+    check_prediction_table,
+    format_ids,
+    table_arrays,
+    threshold_array,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +33,22 @@ logger = logging.getLogger(__name__)
 INTERVAL_METRICS = ("f1", "f1_at_0.5", "precision", "recall", "roc_auc", "average_precision")
 COUNT_METRICS = ("f1", "f1_at_0.5", "precision", "recall")
 RANKING_METRICS = {"roc_auc": roc_auc_score, "average_precision": average_precision_score}
+
+# NOTE: a rule of thumb, not a derived bound. With positives from fewer patients than this,
+# the bootstrap sees almost no patient-to-patient variation and its intervals are too narrow.
+FEW_POSITIVE_PATIENTS = 5
+
+
+def warn_few_positive_patients(n_positive_patients: Sequence[int]) -> None:
+    """Log a warning for each class whose positive slices come from 1 to 4 patients."""
+    for subtype, count in zip(SUBTYPES, n_positive_patients):
+        if 0 < count < FEW_POSITIVE_PATIENTS:
+            logger.warning(
+                "%s: the positive slices come from %d patient(s), so its bootstrap interval understates the "
+                "uncertainty; judge it with care",
+                subtype,
+                count,
+            )
 
 
 def patient_codes(patient_ids: Sequence) -> tuple[np.ndarray, int]:
@@ -166,8 +189,6 @@ def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[
 
 
 def _align(test_a: pd.DataFrame, test_b: pd.DataFrame) -> pd.DataFrame:
-    from ichlab.metrics import _format_ids
-
     ids_a = pd.Index(test_a["image_id"])
     ids_b = pd.Index(test_b["image_id"])
     only_a = ids_a.difference(ids_b)
@@ -175,8 +196,8 @@ def _align(test_a: pd.DataFrame, test_b: pd.DataFrame) -> pd.DataFrame:
     if len(only_a) or len(only_b):
         raise ValueError(
             "the two prediction tables cover different slices: "
-            f"{len(only_a)} image ids only in test_a ({_format_ids(only_a)}), "
-            f"{len(only_b)} only in test_b ({_format_ids(only_b)}); predict the same split with both models"
+            f"{len(only_a)} image ids only in test_a ({format_ids(only_a)}), "
+            f"{len(only_b)} only in test_b ({format_ids(only_b)}); predict the same split with both models"
         )
     aligned_b = test_b.set_index("image_id").loc[test_a["image_id"]].reset_index()
     for column in ("patient_id", *SUBTYPES):
@@ -184,7 +205,7 @@ def _align(test_a: pd.DataFrame, test_b: pd.DataFrame) -> pd.DataFrame:
         if differs.any():
             raise ValueError(
                 f"the two prediction tables disagree on {column} for {differs.sum()} slices "
-                f"({_format_ids(test_a['image_id'][differs])})"
+                f"({format_ids(test_a['image_id'][differs])})"
             )
     return aligned_b
 
@@ -220,7 +241,9 @@ def paired_difference(
     pandas.DataFrame
         Index ``SUBTYPES``; columns ``a``, ``b``, ``difference`` (on the whole test table),
         ``difference_lo``, ``difference_hi``, ``excludes_zero`` (the interval lies entirely
-        above or below zero; False when undefined), ``skipped_replicates``, ``n_replicates``.
+        above or below zero; False when undefined), ``n_positive_patients`` (an interval from
+        fewer than ``FEW_POSITIVE_PATIENTS`` is too narrow), ``skipped_replicates`` and
+        ``n_replicates``.
 
     Raises
     ------
@@ -228,19 +251,21 @@ def paired_difference(
         If the tables' image ids differ (the message names the missing ids), if patients or
         labels of matched ids differ, or if a probability is NaN.
     """
-    from ichlab.metrics import _arrays, _check_thresholds, check_prediction_table, classification_metrics
+    from ichlab.metrics import classification_metrics  # imported here because ichlab.metrics imports this module
 
     if metric not in INTERVAL_METRICS:
         raise ValueError(f"metric {metric!r} is not one of {', '.join(INTERVAL_METRICS)}")
     check_prediction_table(test_a, "test_a")
     check_prediction_table(test_b, "test_b")
     test_b = _align(test_a, test_b)
-    labels, probabilities_a = _arrays(test_a)
-    _, probabilities_b = _arrays(test_b)
-    threshold_values = {"a": _check_thresholds(thresholds_a), "b": _check_thresholds(thresholds_b)}
+    labels, probabilities_a = table_arrays(test_a)
+    _, probabilities_b = table_arrays(test_b)
+    threshold_values = {"a": threshold_array(thresholds_a), "b": threshold_array(thresholds_b)}
     probabilities = {"a": probabilities_a, "b": probabilities_b}
 
     codes, n_patients = patient_codes(test_a["patient_id"])
+    n_positive_patients = [int(test_a.loc[labels[:, column] == 1, "patient_id"].nunique()) for column in range(len(SUBTYPES))]
+    warn_few_positive_patients(n_positive_patients)
     counts = resample_patients(n_patients, n_bootstrap, seed)  # (R, P), shared by both models
     point = {}
     samples = {}
@@ -272,13 +297,12 @@ def paired_difference(
             "difference_lo": low,
             "difference_hi": high,
             "excludes_zero": (low > 0) | (high < 0),
+            "n_positive_patients": n_positive_patients,
             "skipped_replicates": skipped,
             "n_replicates": n_bootstrap,
         },
         index=pd.Index(SUBTYPES, name="subtype"),
     )
-    from ichlab.metrics import UndefinedClassWarning
-
     for subtype, n_positive in zip(SUBTYPES, labels.sum(axis=0)):
         if n_positive == 0:
             warnings.warn(

@@ -22,6 +22,27 @@ from ichlab import SUBTYPES
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "CamResult",
+    "cache_inputs",
+    "cam_explorer",
+    "cam_scores_per_slice",
+    "compare_models_figure",
+    "compute_cams",
+    "compute_window_cams",
+    "explorer_figure",
+    "overlay_cam",
+    "save_overlay",
+    "save_subtype_figure",
+    "score_cams",
+    "score_maps",
+    "score_models",
+    "scores_to_markdown",
+    "subtype_figure",
+    "target_layer",
+    "window_figure",
+]
+
 # A map is reported as empty when its largest positive value before normalisation is at
 # most this fraction of its largest absolute value. Such a positive part is float32
 # rounding noise, which normalisation to [0, 1] would turn into a random pattern. The
@@ -247,7 +268,7 @@ def compute_cams(
     The model's train/eval mode, requires_grad flags and stored gradients are the same
     after the call as before. On CUDA, cuDNN is off during the pass for models with an LSTM.
     """
-    images = torch.as_tensor(images, dtype=torch.float32)
+    images = torch.as_tensor(images, dtype=torch.float32).detach()
     targets = subtype_indices(subtypes, len(images))
     device = next(model.parameters()).device
 

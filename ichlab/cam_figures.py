@@ -16,7 +16,6 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 import pandas as pd
-import torch
 
 from ichlab import SUBTYPES
 from ichlab.windows import WINDOWS, apply_window

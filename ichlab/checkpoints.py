@@ -1,10 +1,10 @@
 """Training checkpoints that are safe to share: written atomically, read with ``weights_only``.
 
-A checkpoint is a plain dict of tensors, numbers, strings and containers: ``model``,
-``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed), ``rng`` (one dict of
-random-generator states per process), ``config`` (the run's configuration as a plain dict,
-with ``arch`` and ``build_kwargs`` for :func:`ichlab.models.build_model`), ``history`` (one
-dict per epoch) and ``early_stopping``. Loading it with ``torch.load(weights_only=True)``
+A checkpoint is a plain dict of tensors, numbers, strings and containers. Its entries are
+``model``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed), ``rng``
+(one dict of random-generator states per process), ``config``, ``history`` (one dict per
+epoch) and ``early_stopping``. ``config`` is the run's configuration as a plain dict, with
+``arch`` and ``build_kwargs`` for :func:`ichlab.models.build_model` added. Loading it with ``torch.load(weights_only=True)``
 cannot execute code, so a run folder from someone else is safe to open.
 """
 
@@ -56,8 +56,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file is not a readable checkpoint (truncated, or it holds objects other
-        than tensors, numbers, strings and plain containers).
+        If the file is not a readable checkpoint: truncated, or containing objects other
+        than tensors, numbers, strings and plain containers.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,7 +71,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"was not written by ichlab. Delete it and train again, or resume from {LAST_NAME}."
         ) from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ValueError(f"checkpoint {path} holds no 'model' entry; it was not written by ichlab.training")
+        raise ValueError(f"checkpoint {path} has no 'model' entry, so it was not written by ichlab.training")
     return checkpoint
 
 

@@ -38,6 +38,10 @@ def data_request(data_config) -> dict:
         "image_size": int(data_config.image_size),
     }
     if data_config.source == "generated":
+        from ichlab.phantom.plan import GENERATOR_VERSION
+
+        # A new generator version changes the generated slices, so the cache must follow.
+        request["generator_version"] = GENERATOR_VERSION
         request["phantom_size"] = int(data_config.phantom_size)
         request["slices_per_series"] = [int(value) for value in data_config.slices_per_series]
     return request
@@ -51,7 +55,7 @@ def prepare_data(config, *, progress: bool = True, num_workers: int | None = Non
     config
         An ``ichlab.config.Config``. ``config.data.source`` is ``"generated"`` (the phantom
         dataset is generated into ``config.data.root`` if needed) or ``"rsna"``
-        (``config.data.root`` holds the Kaggle download; a stratified subset of
+        (``config.data.root`` contains the Kaggle download; a stratified subset of
         ``config.data.n_patients`` patients is cached).
     progress
         Show progress bars.
@@ -120,7 +124,7 @@ def prepare_data(config, *, progress: bool = True, num_workers: int | None = Non
 def _ensure_generated(data, root: Path, progress: bool) -> None:
     from ichlab.phantom import generate_dataset
 
-    # generate_dataset returns at once when the folder holds a dataset with these settings.
+    # generate_dataset returns at once when the folder contains a dataset with these settings.
     generate_dataset(
         root,
         data.n_patients,
@@ -139,7 +143,7 @@ def _scan(dicom_dir: Path, cache_dir: Path, progress: bool) -> tuple[pd.DataFram
     """Scan headers, keeping the result beside the cache until it is built.
 
     A full RSNA scan reads about 750,000 headers, so an interrupted cache build must not
-    repeat it. The saved scan is reused while the folder holds the same number of files.
+    repeat it. The saved scan is reused while the folder contains the same number of files.
     """
     from ichlab.dicom import scan_headers
 

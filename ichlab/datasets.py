@@ -71,6 +71,17 @@ def warp(images: torch.Tensor, matrices: torch.Tensor, *, fill: float = AIR_HU, 
     return warped + fill
 
 
+def augment_batch(hu: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augment a HU batch on its device: one random flip, rotation and scale per sample.
+
+    ``hu`` is (B, K, H, W), for example from a dataset made with ``window_on_device=True``;
+    the K slices of a sample share its transform. Returns (B, K, H, W) float32 HU for
+    :func:`window_batch`. On a GPU this replaces ``augment=True`` in the loader workers.
+    """
+    matrices = random_affine_matrices(hu.shape[0], generator=generator, device=hu.device)  # (B, 2, 3)
+    return warp(hu, matrices)
+
+
 def window_batch(hu: torch.Tensor, input_kind: str) -> torch.Tensor:
     """Window an int16 HU batch on its device into the model input of ``input_kind``.
 
@@ -87,7 +98,16 @@ def window_batch(hu: torch.Tensor, input_kind: str) -> torch.Tensor:
     torch.Tensor
         float32 in [0, 1]: (B, 3, H, W), (B, 3K, H, W) or (B, K, 3, H, W).
     """
-    windows = stack_windows(hu.float(), CHANNEL_ORDER)  # (B, K, 3, H, W)
+    if hu.device.type != "cpu":
+        windows = stack_windows(hu.float(), CHANNEL_ORDER)  # (B, K, 3, H, W)
+        return _shape_for(windows, input_kind)
+
+    # On a CPU, sample by sample: batch-sized temporaries (tens of MB at 224 px) are fresh
+    # mmap allocations in glibc, and their page faults cost more than the arithmetic.
+    batch_size, k, height, width = hu.shape
+    windows = torch.empty((batch_size, k, len(CHANNEL_ORDER), height, width), dtype=torch.float32)
+    for sample in range(batch_size):
+        windows[sample] = stack_windows(hu[sample].float(), CHANNEL_ORDER)  # (K, 3, H, W)
     return _shape_for(windows, input_kind)
 
 
@@ -192,7 +212,7 @@ class SliceDataset(_CacheDataset):
 class SeriesChunkDataset(_CacheDataset):
     """Consecutive slices of one series, for a model that embeds each slice once.
 
-    A series is cut into chunks of ``chunk_size`` slices; each item holds its chunk plus
+    A series is cut into chunks of ``chunk_size`` slices; each item contains its chunk plus
     K//2 slices of context at each end (edge slices repeat at a series end), so window j of
     the chunk is ``image[j : j + K]``. The last chunk of a series is padded to
     ``chunk_size``: its padding has ``valid`` False, ``row`` -1 and zero labels.
@@ -235,7 +255,7 @@ class SeriesChunkDataset(_CacheDataset):
         return item
 
 
-def make_loaders(cache, arch: str, config, *, augment: bool | None = None, window_on_device: bool = False) -> dict[str, DataLoader]:
+def make_loaders(cache, arch: str, config, *, augment: bool | None = None, window_on_device: bool | None = None) -> dict[str, DataLoader]:
     """Build the train, val and test DataLoaders for one model path.
 
     Parameters
@@ -250,7 +270,9 @@ def make_loaders(cache, arch: str, config, *, augment: bool | None = None, windo
     augment
         Augment the train split; None reads ``config.train.augment`` when it exists, else off.
     window_on_device
-        Return int16 HU for :func:`window_batch` instead of windowed images.
+        Return int16 HU for :func:`window_batch` instead of windowed images. None (the
+        default) does so when CUDA is available: workers then send a sixth of the bytes of
+        a windowed 2.5D batch, and the GPU windows it.
 
     Returns
     -------
@@ -262,6 +284,8 @@ def make_loaders(cache, arch: str, config, *, augment: bool | None = None, windo
         raise ValueError(f"arch must be one of {', '.join(ARCH_INPUT_KINDS)}, got {arch!r}")
     if augment is None:
         augment = bool(getattr(config.train, "augment", False))
+    if window_on_device is None:
+        window_on_device = torch.cuda.is_available()
     workers = int(config.data.num_workers)
     loaders = {}
     for split in ("train", "val", "test"):

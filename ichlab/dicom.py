@@ -1,10 +1,10 @@
 """DICOM to Hounsfield units (HU), with the fixes that real head-CT files need.
 
-``load_hu`` reads one slice into a float32 HU image and handles what breaks naive pipelines:
-12-bit unsigned files whose values wrap, unsigned storage with a negative intercept, signed
-12-bit values in 16-bit words, padding outside the field of view, missing rescale tags,
-truncated pixel data, compressed transfer syntaxes and non-CT files. ``scan_headers`` reads
-only the headers of a whole folder, in parallel, into a table for ordering and selection.
+``load_hu`` reads one slice into a float32 HU image. It handles the files that break naive
+pipelines: 12-bit unsigned files whose values wrap, unsigned storage with a negative
+intercept, signed 12-bit values in 16-bit words, padding outside the field of view, missing
+rescale tags, truncated pixel data, compressed transfer syntaxes and non-CT files.
+``scan_headers`` (from ``ichlab.dicom_scan``) reads only the headers of a whole folder.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def interpret_stored_values(values: np.ndarray, bits_stored: int, signed: bool) 
 def _check_pixel_bytes(ds: Dataset, label: str) -> None:
     if "PixelData" not in ds:
         raise DicomError(f"{label}: PixelData is missing, so the file contains no image")
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
+    if _transfer_syntax(ds, label).is_compressed:
         return
     rows, columns = int(ds.Rows), int(ds.Columns)
     expected = rows * columns * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8
@@ -204,8 +204,19 @@ def _check_pixel_bytes(ds: Dataset, label: str) -> None:
         )
 
 
+def _transfer_syntax(ds: Dataset, label: str) -> UID:
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = None if file_meta is None else file_meta.get("TransferSyntaxUID")
+    if not syntax:
+        raise DicomError(
+            f"{label}: TransferSyntaxUID is missing from the file meta information, so the pixel "
+            "data cannot be decoded; set ds.file_meta.TransferSyntaxUID or rewrite the file with pydicom"
+        )
+    return UID(syntax)
+
+
 def _decode(ds: Dataset, label: str) -> np.ndarray:
-    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    syntax = _transfer_syntax(ds, label)
     try:
         return ds.pixel_array
     except Exception as error:  # decoder plugins raise RuntimeError, ValueError, OSError, ...

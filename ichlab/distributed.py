@@ -2,8 +2,8 @@
 
 ``torchrun --nproc_per_node=N -m ichlab.cli train ...`` starts N processes with ``RANK``,
 ``LOCAL_RANK`` and ``WORLD_SIZE`` set. Each process trains on its own shard of the
-training set (a ``DistributedSampler``); gradients are averaged across processes after
-every backward pass, so all processes hold the same weights. Validation is sharded as
+training set (a ``DistributedSampler``). Gradients are averaged across processes after
+every backward pass, so all processes keep the same weights. Validation is sharded as
 well and the shards are gathered back into dataset order, so every process computes the
 same metrics and takes the same early-stopping decision. Only rank 0 writes files.
 """
@@ -169,8 +169,8 @@ def broadcast_buffers(model: torch.nn.Module, group: ProcessGroup) -> None:
     """Copy rank 0's buffers (batch-norm running statistics) to every process.
 
     DDP synchronises buffers at the start of each training forward pass, but that pass then
-    updates each process's running statistics with its own batch; validating without this
-    copy would score each shard with slightly different statistics.
+    updates each process's running statistics with its own batch. Without this copy, each
+    validation shard would be scored with slightly different statistics.
     """
     if not group.distributed:
         return

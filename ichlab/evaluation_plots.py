@@ -16,12 +16,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
 from ichlab import SUBTYPES
-from ichlab.metrics import (
-    _arrays,
-    check_prediction_table,
-    classification_metrics,
-    confusion_counts,
-)
+from ichlab.metrics import classification_metrics, confusion_counts
+from ichlab.prediction_tables import check_prediction_table, table_arrays
 
 COUNT_NAMES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives", "tn": "true negatives"}
 
@@ -36,7 +32,7 @@ def threshold_summary(table: pd.DataFrame, subtype: str, threshold: float) -> di
         raise ValueError(f"subtype {subtype!r} is not one of {', '.join(SUBTYPES)}")
     check_prediction_table(table)
     column = SUBTYPES.index(subtype)
-    labels, probabilities = _arrays(table)
+    labels, probabilities = table_arrays(table)
     scores = classification_metrics(labels[:, column], probabilities[:, column], threshold)
     counts = confusion_counts(table, dict.fromkeys(SUBTYPES, threshold)).loc[subtype]
     summary = {"threshold": float(threshold)}
@@ -70,7 +66,7 @@ def plot_precision_recall(
         check_prediction_table(table, f"prediction table of {model}")
     for column, (ax, subtype) in enumerate(zip(axes, SUBTYPES)):
         for model, table in tables.items():
-            labels, probabilities = _arrays(table)
+            labels, probabilities = table_arrays(table)
             if labels[:, column].sum() == 0:
                 continue
             precision, recall, _ = precision_recall_curve(labels[:, column], probabilities[:, column])
@@ -129,7 +125,7 @@ def plot_threshold_curves(table: pd.DataFrame, subtype: str, threshold: float | 
     """Draw precision, recall and F1 of one class against the threshold, with ``threshold`` marked."""
     check_prediction_table(table)
     column = SUBTYPES.index(subtype)
-    labels, probabilities = _arrays(table)
+    labels, probabilities = table_arrays(table)
     if ax is None:
         figure, ax = plt.subplots(figsize=(6, 3.4))
     else:

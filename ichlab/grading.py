@@ -1,11 +1,14 @@
 """Grading the exercises with nbgrader: release, collect, autograde, feedback and a CSV gradebook.
 
-nbgrader does the work; this module only strings its command-line steps together so that an
-instructor runs one command per job. It runs each step as ``python -m nbgrader`` inside the
-course folder (the folder that holds ``nbgrader_config.py``, ``source/`` and ``release/``), so
-the course's own nbgrader settings apply. While an assignment is graded, the ichlab modules that
-implement its answer cannot be imported in the grading kernel (``LIBRARY_ANSWERS``), so a
-submission that imports the answer instead of writing it scores nothing for that part.
+nbgrader does the work; this module only strings its steps together so that an instructor runs
+one command per job. The steps read the course folder's own ``nbgrader_config.py`` (the folder
+that contains it, ``source/`` and ``release/``). Autograde, feedback and export run in this
+process through nbgrader's Python API, because importing nbgrader takes seconds per process;
+release and zip collection run ``python -m nbgrader`` in the course folder.
+
+While an assignment is graded, the ichlab modules that implement its answer cannot be imported
+in the grading kernel (``LIBRARY_ANSWERS``), so a submission that imports the answer instead of
+writing it scores nothing for that part.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +57,9 @@ DEFAULT_TIMEOUT_S = 60
 # Learning-platform file names: "<student id>_<anything>_<notebook>.ipynb"; "{notebook}" is
 # replaced by the assignment's notebook name. Student ids contain no underscore.
 DEFAULT_NAME_PATTERN = r".*/(?P<student_id>[A-Za-z0-9.@-]+)_(?:[^/]*_)?(?P<file_id>{notebook}\.ipynb)$"
+
+# How nbgrader 0.9 logs a submission it could not process.
+_FAILED_STUDENT = re.compile(r"There was an error processing assignment '[^']*' for student '([^']+)'")
 
 _BLOCKER_TEMPLATE = '''\
 """Written by ichlab.grading: makes the library modules that hold an exercise's answer unimportable."""
@@ -88,6 +96,7 @@ class GradeReport:
     scores: pd.DataFrame  # student_id, assignment, score, max_score for the graded assignments
     collected: dict[str, list[str]] = field(default_factory=dict)  # assignment to student ids
     skipped_files: list[str] = field(default_factory=list)  # downloaded files that matched no student
+    failed: dict[str, list[str]] = field(default_factory=dict)  # assignment to students nbgrader could not grade
 
 
 def default_course_dir() -> Path:
@@ -131,13 +140,14 @@ def nbgrader_env(blocked_modules: Sequence[str] = (), work_dir: Path | None = No
     return env
 
 
-def run_nbgrader(course_dir: Path, arguments: Sequence[str], env: dict[str, str] | None = None) -> str:
+def run_nbgrader(course_dir: Path, arguments: Sequence[str], env: dict[str, str] | None = None, check: bool = True) -> str:
     """Run ``python -m nbgrader ARGUMENTS`` in ``course_dir`` and return its log.
 
     Raises
     ------
     GradingError
-        If nbgrader exits with a non-zero status; the message holds the end of its log.
+        If nbgrader exits with a non-zero status and ``check`` is true; the message contains
+        the end of its log.
     """
     command = [sys.executable, "-m", "nbgrader", *arguments]
     logger.info("running %s in %s", " ".join(command[2:]), course_dir)
@@ -145,10 +155,50 @@ def run_nbgrader(course_dir: Path, arguments: Sequence[str], env: dict[str, str]
         command, cwd=course_dir, env=env or nbgrader_env(), capture_output=True, text=True, check=False
     )
     log = completed.stdout + completed.stderr
-    if completed.returncode != 0:
+    if completed.returncode != 0 and check:
         tail = "\n".join(log.strip().splitlines()[-15:])
         raise GradingError(f"nbgrader {arguments[0]} failed with exit status {completed.returncode}:\n{tail}")
     return log
+
+
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    # Kernels started by nbgrader copy os.environ, so the blocker and PATH reach them from here.
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _nbgrader_api(course_dir: Path, timeout_s: int):
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course_dir)).load_config()
+    config.CourseDirectory.root = str(course_dir)
+    config.Execute.timeout = int(timeout_s)
+    # The exchange (nbgrader's release/fetch server folder) is unused here; a writable folder
+    # keeps NbGraderAPI from logging a critical error about /usr/local/share/nbgrader/exchange.
+    config.Exchange.root = tempfile.gettempdir()
+    return NbGraderAPI(config=config)
+
+
+def _export_csv(course_dir: Path, out_csv: Path) -> None:
+    from nbgrader.api import Gradebook
+    from nbgrader.plugins import CsvExportPlugin
+
+    with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gradebook:
+        CsvExportPlugin(to=str(out_csv)).export(gradebook)
+
+
+def _check_step(result: dict, step: str, assignment: str) -> None:
+    if not result.get("success"):
+        details = "\n".join((result.get("log", "") + result.get("error", "")).strip().splitlines()[-15:])
+        raise GradingError(f"nbgrader {step} failed for {assignment}:\n{details}")
 
 
 def _assignments_or_all(course_dir: Path, assignments: Sequence[str] | None) -> list[str]:
@@ -338,23 +388,40 @@ def grade_class(
     if not any(collected.get(name) for name in names):
         raise GradingError(f"no submissions found for {', '.join(names) or 'any assignment'} in {course_dir / 'submitted'}")
 
-    with tempfile.TemporaryDirectory(prefix="ichlab-grading-") as work:
+    failed: dict[str, list[str]] = {}
+    out_csv = Path(out_csv).expanduser().resolve()
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    api = _nbgrader_api(course_dir, timeout_s)
+    with tempfile.TemporaryDirectory(prefix="ichlab-grading-") as work, warnings.catch_warnings():
+        # nbgrader 0.9.6 triggers SQLAlchemy autoflush warnings that do not affect the grades.
+        warnings.filterwarnings("ignore", message=".*not in session.*")
+        # Test cells that nbgrader adds back for a submission that deleted them carry no cell id.
+        warnings.filterwarnings("ignore", message="Cell is missing an id field")
         for assignment in names:
             if not collected.get(assignment):
                 logger.warning("no submissions for %s; skipped", assignment)
                 continue
-            if not _assignment_in_gradebook(course_dir, assignment):
-                run_nbgrader(course_dir, ["generate_assignment", assignment, "--force"])
             blocked = LIBRARY_ANSWERS.get(assignment, ()) if block_library_answers else ()
-            env = nbgrader_env(blocked, Path(work) / assignment)
-            logger.info("autograding %s: %d submissions", assignment, len(collected[assignment]))
-            run_nbgrader(course_dir, ["autograde", assignment, "--force", f"--Execute.timeout={int(timeout_s)}"], env)
-            if feedback:
-                run_nbgrader(course_dir, ["generate_feedback", assignment, "--force"])
+            with _environment(nbgrader_env(blocked, Path(work) / assignment)):
+                if not _assignment_in_gradebook(course_dir, assignment):
+                    _check_step(api.generate_assignment(assignment, force=True), "generate_assignment", assignment)
+                logger.info("autograding %s: %d submissions", assignment, len(collected[assignment]))
+                result = api.autograde(assignment, "*", force=True, create=True)
+                # nbgrader grades the other students when one submission cannot be read, then reports failure.
+                failed[assignment] = sorted(set(_FAILED_STUDENT.findall(result.get("log", ""))))
+                if failed[assignment]:
+                    logger.warning(
+                        "nbgrader could not grade %s for %d students (%s): their notebooks could not be read or run",
+                        assignment, len(failed[assignment]), ", ".join(failed[assignment]),
+                    )
+                else:
+                    _check_step(result, "autograde", assignment)
+                if feedback:
+                    result = api.generate_feedback(assignment, force=True)
+                    if not failed[assignment]:
+                        _check_step(result, "generate_feedback", assignment)
+        _export_csv(course_dir, out_csv)
 
-    out_csv = Path(out_csv).expanduser().resolve()
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    run_nbgrader(course_dir, ["export", f"--to={out_csv}"])
     table = pd.read_csv(out_csv, dtype={"student_id": str})
     submitted_pairs = {(name, student) for name in names for student in collected.get(name, [])}
     is_submitted = [(row.assignment, row.student_id) in submitted_pairs for row in table.itertuples()]
@@ -365,4 +432,5 @@ def grade_class(
         scores=scores,
         collected=collected,
         skipped_files=skipped,
+        failed={name: students for name, students in failed.items() if students},
     )

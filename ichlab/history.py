@@ -11,7 +11,7 @@ import pandas as pd
 class History:
     """Per-epoch results of a run, and which epoch was best.
 
-    Each row holds ``epoch``, ``train_loss``, ``val_loss``, ``learning_rate`` (at the end
+    Each row contains ``epoch``, ``train_loss``, ``val_loss``, ``learning_rate`` (at the end
     of the epoch), ``seconds``, ``auc_<subtype>`` and ``f1_<subtype>`` on validation (F1 at
     threshold 0.5) for each subtype, ``mean_auc`` and ``mean_f1``.
     """

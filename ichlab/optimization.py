@@ -97,7 +97,7 @@ def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | 
 
 
 class EarlyStopping:
-    """Track the lowest validation loss and say when ``patience`` epochs brought no new lowest one.
+    """Track the lowest validation loss and report when ``patience`` epochs brought no new lowest one.
 
     A patience of 0 behaves as 1: training stops after the first epoch without improvement.
     """

@@ -37,7 +37,7 @@ def split_patients(
     ----------
     table
         One row per slice (or per patient) with ``patient_id`` and the five subtype
-        columns; a patient counts as having a subtype if any of its rows has it.
+        columns. A patient has a subtype if any of its rows has it.
     fractions
         Train, validation and test shares of the patients; non-negative, summing to 1.
     seed

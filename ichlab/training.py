@@ -1,9 +1,10 @@
 """The training loop shared by the three paths, and prediction with a trained model.
 
-One plain loop a student can follow: AdamW with a linear warm-up and a cosine decay, BCE
-with logits weighted per class by the training labels' imbalance, mixed precision on CUDA,
-channels-last memory, a checkpoint after every epoch (``last.pt``) and at every new lowest
-validation loss (``best.pt``), early stopping, and exact resumption from ``last.pt``. Under
+One plain loop a student can follow. It uses AdamW with a linear warm-up and a cosine
+decay, and BCE with logits weighted per class by the training labels' imbalance. It runs
+in mixed precision on CUDA with channels-last memory. It writes a checkpoint after every
+epoch (``last.pt``) and at every new lowest validation loss (``best.pt``), stops early,
+and resumes exactly from ``last.pt``. Under
 ``torchrun`` the same loop trains with DistributedDataParallel (see :mod:`ichlab.distributed`).
 """
 
@@ -69,7 +70,12 @@ def select_device(requested: str = "auto") -> torch.device:
     """
     mps_available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu"
+        if torch.cuda.is_available():
+            requested = "cuda"
+        elif mps_available:
+            requested = "mps"
+        else:
+            requested = "cpu"
 
     if requested == "cuda":
         if not torch.cuda.is_available():
@@ -148,8 +154,8 @@ def train(
     Parameters
     ----------
     model
-        From :func:`ichlab.models.build_model`. It is trained in place and returned to the
-        caller's reference holding the best epoch's weights, in eval mode, on the device.
+        From :func:`ichlab.models.build_model`. It is trained in place; on return it
+        holds the best epoch's weights, in eval mode, on the training device.
     loaders
         ``"train"`` and ``"val"`` DataLoaders of dict batches: ``image``, ``labels`` (B, 5)
         float32 and ``row`` (B,); series chunks add a chunk axis and a ``valid`` mask.

@@ -64,8 +64,9 @@ def run_inference(
     Returns
     -------
     logits, labels, rows : np.ndarray
-        Stacked in loader order with one entry per dataset item: (N, 5), (N, 5), (N,) for
-        windows; (N, M, 5), (N, M, 5), (N, M) for series chunks, where padding rows are -1.
+        Stacked in loader order with one entry per dataset item. Windows give (N, 5),
+        (N, 5) and (N,). Series chunks give (N, M, 5), (N, M, 5) and (N, M), with row -1
+        on padding.
     """
     arch = getattr(model, "arch", None) or getattr(getattr(model, "module", None), "arch", "2d")
     model.eval()

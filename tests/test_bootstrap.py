@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from ichlab import SUBTYPES, bootstrap, metrics
+from ichlab.prediction_tables import table_arrays
 
 from test_metrics import make_table, random_table
 
@@ -32,7 +33,7 @@ def test_patient_codes_group_slices():
 
 def test_replicates_equal_sklearn_with_sample_weights():
     table = random_table(n_patients=12, slices=6, seed=30)
-    labels, probabilities = metrics._arrays(table)
+    labels, probabilities = table_arrays(table)
     thresholds = np.array([0.3, 0.4, 0.5, 0.6, 0.45])
     codes, n_patients = bootstrap.patient_codes(table["patient_id"])
     counts = bootstrap.resample_patients(n_patients, 8, seed=0)
@@ -63,7 +64,7 @@ def test_replicates_without_positive_are_skipped_and_counted():
     table = random_table(n_patients=6, slices=5, seed=31)
     table["epidural"] = 0
     table.loc[table["patient_id"] == "ID_patient0", "epidural"] = 1
-    labels, probabilities = metrics._arrays(table)
+    labels, probabilities = table_arrays(table)
     codes, n_patients = bootstrap.patient_codes(table["patient_id"])
     counts = bootstrap.resample_patients(n_patients, 100, seed=5)
     replicates = bootstrap.replicate_metrics(labels, probabilities, np.full(5, 0.5), codes, counts, progress=False)
@@ -103,6 +104,8 @@ def test_paired_difference_of_a_model_with_itself_is_zero():
     assert (result["difference_lo"] == 0).all()
     assert (result["difference_hi"] == 0).all()
     assert not result["excludes_zero"].any()
+    expected_patients = [table.loc[table[s] == 1, "patient_id"].nunique() for s in SUBTYPES]
+    assert result["n_positive_patients"].tolist() == expected_patients
 
 
 def test_paired_difference_detects_a_better_model():

@@ -125,6 +125,22 @@ def test_save_subtype_figure_returns_path(small_cache, lstm, tmp_path):
     assert path.is_file()
 
 
+def test_compare_models_figure_has_panel_per_model(small_cache, lstm):
+    two_d = build_model("2d").eval()
+    figure = compare_models_figure(small_cache, {"2d": two_d, "lstm": lstm}, 2, "subdural")
+    titles = [ax.get_title() for ax in figure.axes[:2]]
+    assert titles[0].startswith("2D: p(subdural) = ")
+    assert titles[1].startswith("LSTM: p(subdural) = ")
+    plt.close(figure)
+
+
+def test_window_figure_repeats_end_slice(small_cache, lstm):
+    figure = window_figure(small_cache, lstm, 0, "epidural")
+    titles = [ax.get_title() for ax in figure.axes[:3]]
+    assert titles == ["slice -1 (index 0)", "centre slice (index 0)", "slice +1 (index 1)"]
+    plt.close(figure)
+
+
 def test_predict_rows_keeps_mode(small_cache, lstm):
     lstm.train()
     try:

@@ -43,7 +43,8 @@ def test_slice_dataset_item_shapes(cache, input_kind, shape):
     item = dataset[0]
     assert tuple(item["image"].shape) == shape
     assert item["image"].dtype == torch.float32
-    assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+    assert float(item["image"].min()) >= 0.0
+    assert float(item["image"].max()) <= 1.0
     assert tuple(item["labels"].shape) == (5,)
     assert item["labels"].dtype == torch.float32
     assert item["row"].dtype == torch.int64
@@ -57,7 +58,7 @@ def test_slice_dataset_labels_follow_row(cache):
         assert item["labels"].tolist() == cache.labels[int(item["row"])].tolist()
 
 
-def test_two_and_a_half_d_is_previous_current_next(cache):
+def test_stacked_input_is_neighbour_slices(cache):
     first, _ = series_edges(cache)
     middle = first + 2
     two_d = SliceDataset(cache, None, input_kind="2d")
@@ -229,7 +230,7 @@ def test_masks_follow_augmentation(generated_cache):
     row = int(np.flatnonzero(generated_cache.index["any"].to_numpy())[0])
     dataset = SliceDataset(generated_cache, None, input_kind="2d", augment=True, window_on_device=True, return_masks=True)
     plain = SliceDataset(generated_cache, None, input_kind="2d", window_on_device=True, return_masks=True)
-    assert torch.equal(plain[row]["masks"], torch.from_numpy(generated_cache.masks[row]).bool())
+    assert torch.equal(plain[row]["masks"], torch.from_numpy(np.array(generated_cache.masks[row])).bool())
 
     torch.manual_seed(3)
     item = dataset[row]
@@ -242,3 +243,27 @@ def test_masks_follow_augmentation(generated_cache):
     assert torch.equal(item["masks"], expected_masks)
     assert torch.equal(item["image"], expected_hu)
     assert item["masks"].any()
+
+
+def test_augment_batch_per_sample_transform(cache):
+    from ichlab.datasets import augment_batch
+
+    dataset = SliceDataset(cache, None, input_kind="sequence", window_on_device=True)
+    hu = torch.stack([dataset[i]["image"] for i in (2, 2, 2, 2)])  # (4, 3, H, W): one sample, four times
+    augmented = augment_batch(hu, generator=torch.Generator().manual_seed(0))
+    assert augmented.shape == hu.shape
+    assert augmented.dtype == torch.float32
+    blocks = torch.tensor([block_of(image) for image in hu[0]], dtype=torch.float32)
+    coverage = (augmented + 1000) / (blocks[None, :, None, None] + 1000)  # (4, 3, H, W)
+    for k in range(1, 3):
+        assert torch.allclose(coverage[:, k], coverage[:, 0], atol=0.01)
+    assert not torch.allclose(coverage[0, 0], coverage[1, 0], atol=0.01)
+    assert window_batch(augmented, "sequence").shape == (4, 3, 3, SIZE, SIZE)
+
+
+def test_make_loaders_int16_for_device(cache):
+    loaders = make_loaders(cache, "2.5d", quick_config(), window_on_device=True)
+    batch = next(iter(loaders["val"]))
+    assert batch["image"].dtype == torch.int16
+    assert tuple(batch["image"].shape) == (4, 3, SIZE, SIZE)
+    assert tuple(window_batch(batch["image"], "2.5d").shape) == (4, 9, SIZE, SIZE)

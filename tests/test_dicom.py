@@ -253,6 +253,13 @@ def test_ultrasound_jpeg2000_rejected():
         load_hu(get_testdata_file("US1_J2KR.dcm", download=False))
 
 
+def test_dataset_without_transfer_syntax_rejected():
+    ds = make_ct([[40]])
+    del ds.file_meta.TransferSyntaxUID
+    with pytest.raises(DicomError, match="TransferSyntaxUID is missing"):
+        load_hu(ds)
+
+
 def test_unreadable_file_names_file(tmp_path):
     path = tmp_path / "ID_broken.dcm"
     path.write_bytes(b"DICM" * 3)

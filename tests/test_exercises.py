@@ -98,3 +98,14 @@ def test_release_matches_sources(tmp_path, monkeypatch):
         generated = (course / "release" / assignment / f"{assignment}.ipynb").read_text()
         committed = (COURSE / "release" / assignment / f"{assignment}.ipynb").read_text()
         assert generated == committed, f"release/{assignment} is out of date; run `ichlab grade --release`"
+
+
+@pytest.mark.slow
+def test_release_command_writes_student_version(tmp_path):
+    course = tmp_path / "course"
+    shutil.copytree(COURSE / "source", course / "source")
+    shutil.copy(COURSE / "nbgrader_config.py", course)
+    released = grading.release(course, ["ex2_slice_order"], db_url=f"sqlite:///{tmp_path / 'gradebook.db'}")
+    assert released == [course / "release" / "ex2_slice_order" / "ex2_slice_order.ipynb"]
+    assert released[0].read_text() == (COURSE / "release" / "ex2_slice_order" / "ex2_slice_order.ipynb").read_text()
+    assert not (course / "gradebook.db").exists()

@@ -119,6 +119,7 @@ def ex1_grades(tmp_path_factory) -> pd.DataFrame:
         for student, notebook in _ex1_class().items():
             archive.writestr(f"{student}_attempt_1_{EX1}.ipynb", nbformat.writes(notebook))
         archive.writestr("readme.txt", "not a notebook")
+        archive.writestr(f"broken_{EX1}.ipynb", "{ this is not notebook JSON")
         archive.writestr(f"nobody{EX1}.ipynb", nbformat.writes(_student_version()))
 
     gradebook = root / "gradebook.csv"
@@ -171,7 +172,13 @@ def test_library_answers_blocked(ex1_grades):
 @pytest.mark.slow
 def test_zip_collection_skips_unmatched(ex1_grades):
     assert "nobody" not in ex1_grades.index
-    assert len(ex1_grades) == len(_ex1_class())
+    graded = set(ex1_grades.index) - {"broken"}
+    assert graded == set(_ex1_class())
+
+
+@pytest.mark.slow
+def test_unreadable_notebook_scores_zero(ex1_grades):
+    assert ex1_grades.loc["broken", "score"] == 0
 
 
 @pytest.mark.slow

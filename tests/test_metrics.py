@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from ichlab import SUBTYPES, metrics, reference
+from ichlab.bootstrap import INTERVAL_METRICS
 
 
 def make_table(labels, probabilities, patients=None) -> pd.DataFrame:
@@ -128,19 +129,37 @@ def test_evaluate_columns_and_macro_row():
         assert result.at["macro", metric] == pytest.approx(result.loc[list(SUBTYPES), metric].mean())
     assert result.at["macro", "n_classes"] == 5
     assert (result["n_replicates"] == 20).all()
+    assert result["n_positive"].dtype == "Int64"
+    assert pd.isna(result.at["macro", "n_positive"])
+    assert result.loc[list(SUBTYPES), "roc_auc_lo"].isna().all()  # AUC intervals only on request
     assert result.attrs["rsna_log_loss"] == pytest.approx(metrics.rsna_log_loss(random_table(seed=5)))
 
 
 def test_evaluate_intervals_are_seeded():
     val, test = random_table(seed=6), random_table(seed=7)
-    first = metrics.evaluate(val, test, n_bootstrap=40, seed=3, progress=False)
-    again = metrics.evaluate(val, test, n_bootstrap=40, seed=3, progress=False)
-    other = metrics.evaluate(val, test, n_bootstrap=40, seed=4, progress=False)
+    every_interval = INTERVAL_METRICS
+    first = metrics.evaluate(val, test, n_bootstrap=40, seed=3, interval_metrics=every_interval, progress=False)
+    again = metrics.evaluate(val, test, n_bootstrap=40, seed=3, interval_metrics=every_interval, progress=False)
+    other = metrics.evaluate(val, test, n_bootstrap=40, seed=4, interval_metrics=every_interval, progress=False)
     pd.testing.assert_frame_equal(first, again)
     assert not np.allclose(first["f1_lo"], other["f1_lo"])
     for subtype in SUBTYPES:
         assert first.at[subtype, "f1_lo"] < first.at[subtype, "f1"] < first.at[subtype, "f1_hi"]
         assert first.at[subtype, "roc_auc_lo"] < first.at[subtype, "roc_auc"] < first.at[subtype, "roc_auc_hi"]
+
+
+def test_evaluate_warns_about_few_positive_patients(caplog):
+    table = random_table(n_patients=10, seed=23)
+    table["subdural"] = 0
+    table.loc[table["patient_id"].isin(["ID_patient3", "ID_patient4"]), "subdural"] = 1
+    with caplog.at_level("WARNING", logger="ichlab"):
+        result = metrics.evaluate(table, table, n_bootstrap=10, progress=False)
+    assert result.at["subdural", "n_positive_patients"] == 2
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "subdural: the positive slices come from 2 patient(s), so its bootstrap interval understates the "
+        "uncertainty; judge it with care"
+    ]
 
 
 def test_evaluate_rejects_unknown_interval_metric():
@@ -165,16 +184,15 @@ def test_class_without_positive_is_undefined_with_one_warning():
     test["epidural"] = 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = metrics.evaluate(val, test, n_bootstrap=50, progress=False)
+        result = metrics.evaluate(val, test, n_bootstrap=50, interval_metrics=INTERVAL_METRICS, progress=False)
     undefined = [w for w in caught if issubclass(w.category, metrics.UndefinedClassWarning)]
     assert len(undefined) == 1
     assert "epidural" in str(undefined[0].message)
     assert len(caught) == 1
-    row = result.loc["epidural"]
-    for metric in ("f1", "f1_at_0.5", "precision", "recall", "roc_auc", "average_precision", "f1_lo", "f1_hi"):
-        assert math.isnan(row[metric]), metric
-    assert row["skipped_replicates"] == 50
-    assert row["n_classes"] == 0
+    for metric in ("f1", "f1_at_0.5", "precision", "recall", "roc_auc", "average_precision", "f1_lo", "roc_auc_hi"):
+        assert math.isnan(result.at["epidural", metric]), metric
+    assert result.at["epidural", "skipped_replicates"] == 50
+    assert result.at["epidural", "n_classes"] == 0
     assert result.at["macro", "n_classes"] == 4
     others = [subtype for subtype in SUBTYPES if subtype != "epidural"]
     assert result.at["macro", "f1"] == pytest.approx(result.loc[others, "f1"].mean())

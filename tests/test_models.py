@@ -324,5 +324,5 @@ def test_bench_counts_lstm_compute():
     # Per labelled slice: 3 backbone passes per window, 6 passes for a chunk of 4 in series mode.
     assert cost["lstm"] == pytest.approx(3.0, rel=0.1)
     assert cost["lstm series"] == pytest.approx(6 / 4, rel=0.1)
-    assert cost["2.5d"] == pytest.approx(1.0, rel=0.01)
+    assert cost["2.5d"] == pytest.approx(1.0, rel=0.1)  # only the stem reads 9 channels instead of 3
     assert list(tables["series_inference"]["series_slices"]) == [5, 5, 5, 5]

@@ -158,6 +158,7 @@ def test_outdated_generator_version_is_regenerated(tmp_path):
     record = json.loads((root / "phantom.json").read_text())
     current_version = record["settings"]["generator_version"]
     record["settings"]["generator_version"] = current_version - 1
+    record["settings"]["prevalence"]["epidural"] = 0.01  # an older default
     (root / "phantom.json").write_text(json.dumps(record))
     (root / "stale.txt").write_text("left by the old version")
 

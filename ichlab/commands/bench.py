@@ -1,9 +1,9 @@
 """``ichlab bench``: measure the three paths' training and inference speed on this machine.
 
 It reports training samples per second of each path (2D, 2.5D, LSTM per window, LSTM in
-series mode) at each image size, the compute per labelled slice of the LSTM path relative
-to 2D (floating-point operations counted by ``torch.utils.flop_counter`` and measured time,
-from one run), and the time to predict a whole series of 40 slices. A student can run it to
+series mode) at each image size. It compares the compute per labelled slice of each path
+with 2D, as forward FLOPs counted by ``torch.utils.flop_counter`` and as measured time from
+the same run. It also times the prediction of a whole series of 40 slices. A student can run it to
 see what their own GPU or laptop gives. The inputs are random tensors, so no data is needed.
 """
 
@@ -31,7 +31,7 @@ PATHS = {
 
 @dataclass
 class BenchSettings:
-    """What to measure: image sizes, batch size in labelled slices, steps, and the device."""
+    """Benchmark settings: image sizes, batch size in labelled slices, timed steps, and the device."""
 
     sizes: tuple[int, ...] = (128, 224)
     batch_size: int = 16

@@ -60,8 +60,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    import logging
+
     from ichlab import grading
 
+    # nbgrader logs every file it writes through the traitlets logger; keep its warnings and errors.
+    if not getattr(args, "verbose", False):
+        logging.getLogger("traitlets").setLevel(logging.WARNING)
     course = args.course or grading.default_course_dir()
     try:
         if args.release:
@@ -89,6 +94,8 @@ def run(args) -> int:
         print(f"skipped {len(report.skipped_files)} downloaded notebooks whose names match no student and assignment:")
         for name in report.skipped_files:
             print(f"  {name}")
+    for assignment, students in report.failed.items():
+        print(f"could not grade {assignment} for {len(students)} students (unreadable notebooks?): {', '.join(students)}")
     print(f"gradebook: {report.gradebook_csv}")
     if report.feedback_dir is not None:
         print(f"feedback: {report.feedback_dir}/<student>/<assignment>/<notebook>.html")

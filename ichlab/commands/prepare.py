@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
@@ -17,7 +16,6 @@ def add_parser(subparsers) -> None:
             "options below override them. An interrupted run resumes where it stopped, and "
             "a cache built with the same settings is reused."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--mode", choices=("quick", "demo", "full"), default=None, help="settings to start from (default: ICHLAB_MODE, else demo)")
     parser.add_argument("--data", type=Path, default=None, help="dataset folder: the Kaggle RSNA download (stage_2_train/, stage_2_train.csv) or a generated one")
@@ -49,7 +47,7 @@ def run(args) -> int:
     )
     try:
         cache = prepare_data(config, progress=not args.no_progress, num_workers=args.workers)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"error: {error}")
         return 2
 

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("folder", type=Path, help="folder searched recursively for DICOM files")
     parser.add_argument("--out", type=Path, default=None, help="CSV file for the ordered header table, one row per slice")
     parser.add_argument("--pattern", default="*.dcm", help='file name pattern; use "*" for files without an extension')
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 8, limited by the CPU count)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes; unset means up to 8, limited by the CPU count")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 

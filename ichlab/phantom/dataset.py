@@ -102,7 +102,7 @@ def generate_dataset(
         For an invalid setting.
     FileExistsError
         If ``out_dir`` is a non-empty folder that is not a dataset generated with these
-        settings. A dataset that differs only in the generator version is regenerated.
+        settings. A dataset written by another generator version is regenerated.
     """
     settings = PhantomSettings(
         n_patients=int(n_patients),
@@ -152,10 +152,11 @@ def _is_complete(out: Path, settings: PhantomSettings) -> bool:
         expected = settings.to_dict()
         if stored == expected:
             return True
-        differences = sorted(key for key in expected if stored.get(key) != expected[key])
-        if differences == ["generator_version"]:
+        if stored.get("generator_version") != expected["generator_version"]:
+            # An older generator's defaults may differ too, so its whole dataset is outdated.
             logger.warning("%s was written by generator version %s; regenerating it with version %s", out, stored.get("generator_version"), expected["generator_version"])
             return False
+        differences = sorted(key for key in expected if stored.get(key) != expected[key])
         raise FileExistsError(
             f"{out} contains a dataset generated with other settings (different: {', '.join(differences)}); "
             "delete the folder or choose another out_dir"

@@ -102,10 +102,10 @@ def sample_lesion(
         return LesionSpec(
             subtype,
             z_mm=_pick_height(rng, head, 0.4, 0.72, covered),
-            half_height=rng.uniform(11, 16) * scale,
+            half_height=rng.uniform(14, 20) * scale,
             angle=angle,
-            half_arc=rng.uniform(26, 40) * scale,
-            thickness=rng.uniform(10, 16) * scale,
+            half_arc=rng.uniform(28, 42) * scale,
+            thickness=rng.uniform(12, 18) * scale,
         )
     if subtype == "subdural":
         return LesionSpec(

@@ -75,35 +75,51 @@ def render_series(plan: SeriesPlan, difficulty: str = "default") -> RenderedSeri
     x, y = anatomy.pixel_grid(plan.rows, plan.columns, plan.pixel_spacing)
     shape = (plan.n_slices, plan.rows, plan.columns)
     hu_volume = np.empty(shape, dtype=np.int16)  # (N, H, W)
-    tissue_volume = np.empty(shape, dtype=np.uint8)  # (N, H, W)
+    tissue_volume = np.full(shape, anatomy.AIR, dtype=np.uint8)  # (N, H, W)
     masks = np.zeros((plan.n_slices, len(SUBTYPES), plan.rows, plan.columns), dtype=bool)  # (N, 5, H, W)
     head = plan.head
 
     for slice_index, z_mm in enumerate(slice_heights(plan)):
-        fields = anatomy.slice_fields(head, float(z_mm), x, y)
-        hu = anatomy.tissue_hu(head, fields.tissue)  # (H, W)
+        # Only the box around the head needs anatomy; everything outside it is air.
+        box = _head_box(plan, float(z_mm), x[0], y[:, 0])
+        fields = anatomy.slice_fields(head, float(z_mm), x[box], y[box])
+        head_hu = anatomy.tissue_hu(head, fields.tissue)  # (h, w) inside the box
         bone = fields.tissue == anatomy.BONE
-        hu[bone] = anatomy.bone_hu(head, fields)[bone]
+        head_hu[bone] = anatomy.bone_hu(head, fields)[bone]
 
-        texture = _smooth_field(rng, plan.rows, plan.columns, plan.pixel_spacing, scale_mm=6.0)
+        texture = _smooth_field(rng, *fields.tissue.shape, plan.pixel_spacing, scale_mm=6.0)
         brain = fields.depth >= 0
-        hu[brain] += 1.2 * texture[brain]
+        head_hu[brain] += 1.2 * texture[brain]
 
         for lesion in plan.lesions:
             blood, oedema = render_lesion(lesion, head, fields)
             if oedema is not None:
-                hu[oedema] = head.white_hu - OEDEMA_DROP_HU + texture[oedema]
-            hu[blood] = lesion.blood_hu + 2.5 * texture[blood]
-            masks[slice_index, SUBTYPES.index(lesion.subtype)] |= blood
+                head_hu[oedema] = head.white_hu - OEDEMA_DROP_HU + texture[oedema]
+            head_hu[blood] = lesion.blood_hu + 2.5 * texture[blood]
+            masks[slice_index, SUBTYPES.index(lesion.subtype)][box] |= blood
 
+        hu = np.full((plan.rows, plan.columns), anatomy.AIR_HU, dtype=np.float32)  # (H, W)
+        hu[box] = head_hu
         # Scanner noise: white noise slightly correlated between neighbouring pixels.
         noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape, dtype=np.float32), 0.6)
         hu += noise * (noise_hu / max(float(noise.std()), 1e-6))
 
         hu_volume[slice_index] = np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
-        tissue_volume[slice_index] = fields.tissue
+        tissue_volume[slice_index][box] = fields.tissue
 
     return RenderedSeries(hu=hu_volume, tissue=tissue_volume, masks=masks)
+
+
+def _head_box(plan: SeriesPlan, z_mm: float, x: np.ndarray, y: np.ndarray) -> tuple[slice, slice]:
+    # Row and column slices of the pixels within the head's largest radius (plus a margin) of its centre.
+    head = plan.head
+    scale = anatomy.size_factor(z_mm / head.height_mm)
+    reach = max(head.half_width, head.half_length) * scale + 2 * plan.pixel_spacing + 1.0
+    rows = np.flatnonzero(np.abs(y - head.center[1]) <= reach)
+    columns = np.flatnonzero(np.abs(x - head.center[0]) <= reach)
+    if rows.size == 0 or columns.size == 0:
+        return slice(0, 0), slice(0, 0)
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
 
 
 def slice_labels(masks: np.ndarray, pixel_spacing: float, min_area_mm2: float) -> np.ndarray:

@@ -34,7 +34,7 @@ from cdp_client import DevTools, connect_devtools, get_json
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (
     "--headless",
-    "--no-sandbox",  # Chromium's sandbox cannot start as root in a container
+    "--no-sandbox",  # Chromium refuses to start as root with its sandbox on
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
@@ -107,6 +107,28 @@ JS_CLEAR_AND_RUN_ALL = """
 })()
 """
 
+# The first slider's readout and, when its output area also shows an image (the slice viewer's
+# figure), that image's source, so a change after a key press shows the kernel redrew it.
+JS_SLIDER_VIEW = """
+(() => {
+  const slider = document.querySelector(%(selector)s);
+  if (!slider) return null;
+  const readout = slider.querySelector(".widget-readout");
+  const area = slider.closest(".jp-OutputArea-output");
+  const image = area ? area.querySelector("img") : null;
+  return {readout: readout ? readout.textContent.trim() : null, image: image ? image.src : null};
+})()
+""" % {"selector": json.dumps(SLIDER_SELECTOR)}
+
+JS_FOCUS_SLIDER_HANDLE = """
+(() => {
+  const handle = document.querySelector(%(selector)s);
+  if (!handle) return false;
+  handle.focus();
+  return document.activeElement === handle;
+})()
+""" % {"selector": json.dumps(SLIDER_SELECTOR + " .noUi-handle")}
+
 JS_SCROLL_TO_SLIDER = """
 (() => {
   const slider = document.querySelector(%(selector)s);
@@ -146,6 +168,7 @@ class LabRun:
     errors: list[str]
     slider_count: int
     slider_box: dict | None  # left, top, width, height in CSS pixels after scrolling it into view
+    slider_move: dict | None  # readout before and after one right-arrow key press, and whether the image was redrawn
     html: str
     screenshot: Path | None
     html_file: Path
@@ -233,7 +256,7 @@ def start_chromium(url: str, profile_dir: Path, log_file: Path) -> subprocess.Po
         log.close()
 
 
-def stop_process(process: subprocess.Popen | None, grace_seconds: float = 10.0) -> None:
+def stop_process(process: subprocess.Popen | None, grace_seconds: float = 5.0) -> None:
     """Stop a process started here by its id: SIGTERM, then SIGKILL to its process group after ``grace_seconds``."""
     if process is None:
         return
@@ -268,7 +291,40 @@ def _wait_for_state(devtools: DevTools, deadline: Deadline, step: str, done) -> 
         time.sleep(0.5)
 
 
-def run_notebook_in_lab(notebook: Path, out_dir: Path, timeout: float = 170.0) -> LabRun:
+def press_slider_right(devtools: DevTools, deadline: Deadline) -> dict:
+    """Focus the first slider's handle, press the right arrow key, and wait for the page to follow.
+
+    Returns the readout and image source before and after the key press. When the output area
+    shows an image, the wait also covers the kernel's redraw of that image.
+    """
+    before = devtools.evaluate(JS_SLIDER_VIEW, timeout=min(10.0, deadline.remaining("reading the slider")))
+    focused = devtools.evaluate(JS_FOCUS_SLIDER_HANDLE, timeout=min(10.0, deadline.remaining("focusing the slider")))
+    if not focused:
+        raise RuntimeError("the slider handle could not take the keyboard focus")
+    for event_type in ("keyDown", "keyUp"):
+        devtools.call(
+            "Input.dispatchKeyEvent",
+            {"type": event_type, "key": "ArrowRight", "code": "ArrowRight", "windowsVirtualKeyCode": 39},
+            timeout=min(10.0, deadline.remaining("pressing the right arrow key")),
+        )
+
+    after = before
+    while True:
+        left = deadline.remaining(f"waiting for the slider to move (before: readout {before['readout']!r}, now {after['readout']!r})")
+        after = devtools.evaluate(JS_SLIDER_VIEW, timeout=min(10.0, left))
+        readout_moved = after["readout"] != before["readout"]
+        image_redrawn = before["image"] is None or after["image"] != before["image"]
+        if readout_moved and image_redrawn:
+            return {
+                "readout_before": before["readout"],
+                "readout_after": after["readout"],
+                "has_image": before["image"] is not None,
+                "image_redrawn": image_redrawn,
+            }
+        time.sleep(0.3)
+
+
+def run_notebook_in_lab(notebook: Path, out_dir: Path, timeout: float = 150.0) -> LabRun:
     """Open ``notebook`` in JupyterLab in headless Chromium, run all cells and capture the page.
 
     Parameters
@@ -334,6 +390,7 @@ def run_notebook_in_lab(notebook: Path, out_dir: Path, timeout: float = 170.0) -
             state = _wait_for_state(devtools, deadline, "rendering the widget slider", lambda state: state.get("sliders", 0) > 0)
 
         slider_box = devtools.evaluate(JS_SCROLL_TO_SLIDER, timeout=min(10.0, deadline.remaining("scrolling to the slider")))
+        slider_move = press_slider_right(devtools, deadline) if state["sliders"] else None
         time.sleep(0.5)  # let the scrolled page paint before the capture
         png = devtools.call("Page.captureScreenshot", {"format": "png"}, timeout=min(30.0, deadline.remaining("taking the screenshot")))
         screenshot.write_bytes(base64.b64decode(png["data"]))
@@ -347,6 +404,7 @@ def run_notebook_in_lab(notebook: Path, out_dir: Path, timeout: float = 170.0) -
             errors=state["errors"],
             slider_count=state["sliders"],
             slider_box=slider_box,
+            slider_move=slider_move,
             html=html,
             screenshot=screenshot,
             html_file=html_file,
@@ -364,12 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a notebook in JupyterLab in headless Chromium and check for a widget slider.")
     parser.add_argument("notebook", type=Path, help="the .ipynb file to run")
     parser.add_argument("--out", type=Path, required=True, help="folder for the screenshot, page HTML and logs")
-    parser.add_argument("--timeout", type=float, default=170.0, help="seconds for the whole run")
+    parser.add_argument("--timeout", type=float, default=150.0, help="seconds for the whole run")
     args = parser.parse_args(argv)
     run = run_notebook_in_lab(args.notebook, args.out, timeout=args.timeout)
     print(f"{run.notebook}: {run.executed_cells}/{run.code_cells} code cells ran, {len(run.errors)} errors, {run.slider_count} sliders, {run.seconds:.0f} s")
     for error in run.errors:
         print(f"  {error}")
+    print(f"slider after one right-arrow key press: {run.slider_move}")
     print(f"screenshot: {run.screenshot}")
     return 0 if run.slider_count > 0 and not run.errors else 1
 

@@ -1,4 +1,4 @@
-"""Test-wide settings: quick mode, no hub downloads, and no network beyond localhost.
+"""Test-wide settings for tests, notebooks and exercises: quick mode, no hub downloads, no network.
 
 Notebook kernels started by nbval inherit the environment set here, so they run in
 quick mode with hub downloads switched off as well.
@@ -20,7 +20,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Two threads match CI's two cores; more only adds contention between kernels and workers.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 REAL_CT_SERIES = SHARED_DATA / "real_ct" / "ge_hispeed_head_tilt"
 
