@@ -16,7 +16,6 @@ import pytest
 os.environ.setdefault("ICHLAB_MODE", "quick")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ.setdefault("MPLBACKEND", "Agg")
 # Two threads match CI's two cores; more only adds contention between kernels and workers.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -88,7 +88,7 @@ def time_kernel(code: str) -> tuple[float, float]:
     started = time.perf_counter() - start
     try:
         start = time.perf_counter()
-        reply = client.execute_interactive(code, timeout=300)
+        reply = client.execute_interactive(code, timeout=300, output_hook=lambda message: None)
         ran = time.perf_counter() - start
         if reply["content"]["status"] != "ok":
             raise RuntimeError(f"benchmark code failed in the kernel: {code!r}")

@@ -79,7 +79,10 @@ def overlay_cam(ax: Axes, hu: np.ndarray, cam: np.ndarray | None, *, empty: bool
     if empty is None:
         empty = not cam.any()
     if empty:
-        ax.text(0.5, 0.5, "empty map:\nno positive evidence", transform=ax.transAxes, ha="center", va="center", color="white", fontsize=9)
+        ax.text(
+            0.5, 0.5, "empty map:\nno positive evidence", transform=ax.transAxes, ha="center", va="center",
+            fontsize=8, color="white", bbox={"facecolor": "black", "alpha": 0.7, "edgecolor": "none"},
+        )
         return
     ax.imshow(cam, cmap=CAM_COLORMAP, alpha=CAM_ALPHA, vmin=0.0, vmax=1.0)
 
@@ -187,7 +190,7 @@ def subtype_figure(
         result = compute_cams(model, cache_inputs(cache, rows, arch, context_slices), found["subtype"].tolist())
         maps = {subtype: (result.maps[i], result.empty[i]) for i, subtype in enumerate(found["subtype"])}
 
-    figure, axes = plt.subplots(2, len(SUBTYPES), figsize=(3.0 * len(SUBTYPES), 6.6), squeeze=False)
+    figure, axes = plt.subplots(2, len(SUBTYPES), figsize=(2.5 * len(SUBTYPES), 5.5), squeeze=False)
     for column, record in enumerate(chosen.to_dict("records")):
         top, bottom = axes[0, column], axes[1, column]
         subtype = record["subtype"]
@@ -204,8 +207,6 @@ def subtype_figure(
         overlay_cam(bottom, hu, cam, empty=bool(empty), title=f"{title} Grad-CAM: {subtype}")
     for ax in axes[0]:
         ax.set_xlabel("")
-    for ax in axes[:, 1:].ravel():
-        ax.set_ylabel("")
 
     figure.suptitle(f"Most confident true positive of each subtype ({split} split, brain window) and the {title} model's Grad-CAM")
     figure.tight_layout(rect=(0, 0, 0.93, 0.96))
@@ -231,7 +232,7 @@ def compare_models_figure(cache, models: Mapping[str, nn.Module], row: int, subt
     from ichlab.cam_explorer import predict_rows
 
     hu = np.asarray(cache.hu[row], dtype=np.float32)  # (S, S)
-    figure, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.9), squeeze=False)
+    figure, axes = plt.subplots(1, len(models), figsize=(3.3 * len(models), 3.6), squeeze=False)
     for ax, (name, model) in zip(axes[0], models.items()):
         arch = getattr(model, "arch", name)
         result = compute_cams(model, cache_inputs(cache, [row], arch, context_slices), [subtype])
@@ -254,7 +255,7 @@ def window_figure(cache, model: nn.Module, row: int, subtype: str, *, context_sl
     result = compute_window_cams(model, window, [subtype])
     series_start, _ = cache.series_bounds()
     neighbours = cache.neighbour_rows(context_slices)[row]  # (K,) cache rows, ends repeated
-    figure, axes = plt.subplots(1, context_slices, figsize=(3.6 * context_slices, 3.9), squeeze=False)
+    figure, axes = plt.subplots(1, context_slices, figsize=(3.3 * context_slices, 3.6), squeeze=False)
     for position, ax in enumerate(axes[0]):
         hu = np.asarray(cache.hu[neighbours[position]], dtype=np.float32)  # (S, S)
         offset = position - context_slices // 2

@@ -3,8 +3,8 @@
 nbgrader does the work; this module only strings its steps together so that an instructor runs
 one command per job. The steps read the course folder's own ``nbgrader_config.py`` (the folder
 that contains it, ``source/`` and ``release/``). Autograde, feedback and export run in this
-process through nbgrader's Python API, because importing nbgrader takes seconds per process;
-release and zip collection run ``python -m nbgrader`` in the course folder.
+process through nbgrader's Python API, because importing nbgrader takes seconds per process.
+Release and zip collection run ``python -m nbgrader`` in the course folder.
 
 While an assignment is graded, the ichlab modules that implement its answer cannot be imported
 in the grading kernel (``LIBRARY_ANSWERS``), so a submission that imports the answer instead of
@@ -58,7 +58,7 @@ DEFAULT_TIMEOUT_S = 60
 # replaced by the assignment's notebook name. Student ids contain no underscore.
 DEFAULT_NAME_PATTERN = r".*/(?P<student_id>[A-Za-z0-9.@-]+)_(?:[^/]*_)?(?P<file_id>{notebook}\.ipynb)$"
 
-# How nbgrader 0.9 logs a submission it could not process.
+# The log line nbgrader 0.9 writes for a submission it could not process.
 _FAILED_STUDENT = re.compile(r"There was an error processing assignment '[^']*' for student '([^']+)'")
 
 _BLOCKER_TEMPLATE = '''\
@@ -89,7 +89,7 @@ class GradingError(RuntimeError):
 
 @dataclass
 class GradeReport:
-    """What one grading run produced."""
+    """Outputs of one grading run."""
 
     gradebook_csv: Path  # nbgrader's export: one row per student and assignment
     feedback_dir: Path | None  # feedback/<student>/<assignment>/<notebook>.html, or None when skipped

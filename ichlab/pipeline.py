@@ -25,8 +25,8 @@ ARCHS = ("2d", "2.5d", "lstm")
 # Column titles of the F1 table, as in the reference table.
 ARCH_TITLES = {"2d": "2D", "2.5d": "2.5D", "lstm": "LSTM"}
 
-# Slices per subtype whose CAMs the main job scores; each costs a backward pass per model.
-CAM_SLICES_PER_SUBTYPE = 40
+# Slices per subtype whose CAMs the main job scores, by mode; each costs a backward pass per model.
+CAM_SLICES_PER_SUBTYPE = {"quick": 4, "demo": 30, "full": 100}
 
 # The dataset input each path consumes.
 INPUT_KINDS = {"2d": "2d", "2.5d": "2.5d", "lstm": "sequence"}
@@ -106,7 +106,7 @@ def load_or_train(config: Config, cache, arch: str, *, progress: bool = True):
     return model
 
 
-def predict_split(config: Config, cache, model, split: str, *, progress: bool = True) -> pd.DataFrame:
+def predict_split(config: Config, cache, model, split: str) -> pd.DataFrame:
     """Predict every slice of one split and return the prediction table.
 
     Returns
@@ -168,10 +168,10 @@ def reproduce(config: Config, out_dir: Path, *, archs: tuple[str, ...] = ARCHS, 
             trained[arch] = model
             tables = {}
             for split in ("val", "test"):
-                tables[split] = predict_split(config, cache, model, split, progress=progress)
+                tables[split] = predict_split(config, cache, model, split)
                 tables[split].to_csv(predictions_dir / f"{arch}_{split}.csv", index=False)
             results[ARCH_TITLES[arch]] = metrics.evaluate(
-                tables["val"], tables["test"], n_bootstrap=n_bootstrap, seed=config.data.seed
+                tables["val"], tables["test"], n_bootstrap=n_bootstrap, seed=config.data.seed, progress=progress
             )
             results[ARCH_TITLES[arch]].to_csv(out_dir / f"metrics_{arch}.csv")
 
@@ -180,7 +180,8 @@ def reproduce(config: Config, out_dir: Path, *, archs: tuple[str, ...] = ARCHS, 
         markdown = metrics.table_to_markdown(table)
         (out_dir / "f1_table.md").write_text(markdown + "\n")
 
-        cam_section = _explain(config, cache, trained, out_dir, progress=progress)
+        lstm_thresholds = results[ARCH_TITLES["lstm"]]["threshold"].to_dict() if "lstm" in trained else {}
+        cam_section = _explain(config, cache, trained, lstm_thresholds, out_dir, progress=progress)
         _write_report(out_dir, config, markdown, cam_section, len(cache.skipped), time.perf_counter() - started)
         logger.info("done in %.0f s: %s", time.perf_counter() - started, out_dir)
     finally:
@@ -189,15 +190,26 @@ def reproduce(config: Config, out_dir: Path, *, archs: tuple[str, ...] = ARCHS, 
     return out_dir
 
 
-def _explain(config: Config, cache, trained: dict, out_dir: Path, *, progress: bool) -> str:
-    """Write the Grad-CAM subtype figure and the CAM score table; return the report section."""
+def _explain(config: Config, cache, trained: dict, thresholds: dict, out_dir: Path, *, progress: bool) -> str:
+    """Write the Grad-CAM subtype figure and the CAM score table; return the report section.
+
+    The figure shows, per subtype, the most confident true positive of the LSTM at the
+    thresholds chosen on validation.
+    """
     from ichlab import cam_figures, cam_scoring
 
     if "lstm" not in trained:
         return "Grad-CAM: the LSTM path was not trained in this run.\n"
     test_predictions = pd.read_csv(out_dir / "predictions" / "lstm_test.csv")
     figure_path = out_dir / "gradcam_subtypes.png"
-    cam_figures.save_subtype_figure(trained["lstm"], cache, test_predictions, figure_path, context_slices=config.data.context_slices)
+    cam_figures.save_subtype_figure(
+        trained["lstm"],
+        cache,
+        test_predictions,
+        figure_path,
+        context_slices=config.data.context_slices,
+        thresholds={subtype: thresholds[subtype] for subtype in SUBTYPES},
+    )
 
     named_models = {ARCH_TITLES[arch]: model for arch, model in trained.items()}
     scores = cam_scoring.score_cams(
@@ -205,7 +217,7 @@ def _explain(config: Config, cache, trained: dict, out_dir: Path, *, progress: b
         cache,
         split="test",
         context_slices=config.data.context_slices,
-        max_slices_per_subtype=CAM_SLICES_PER_SUBTYPE,
+        max_slices_per_subtype=CAM_SLICES_PER_SUBTYPE[config.mode],
         seed=config.data.seed,
         progress=progress,
     )

@@ -25,7 +25,7 @@ class UndefinedClassWarning(UndefinedMetricWarning):
 
 
 def format_ids(ids: Sequence, limit: int = 5) -> str:
-    """Join up to ``limit`` ids for an error message and say how many more there are."""
+    """Join up to ``limit`` ids for an error message, followed by the count of the rest."""
     ids = [str(image_id) for image_id in ids]
     shown = ", ".join(ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")

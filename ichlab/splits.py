@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
+# Draws tried before accepting a split that leaves a subtype out of some split.
+MAX_ATTEMPTS = 100
+
 
 def split_patients(
     table: pd.DataFrame,
@@ -28,7 +31,9 @@ def split_patients(
 
     Patients are grouped by their rarest present subtype (``none`` without hemorrhage),
     shuffled within each group from ``seed``, and the groups are laid end to end, rarest
-    first. Walking that list, each patient goes to the split that is furthest behind its
+    first. If that draw leaves a subtype with at least three positive patients out of a
+    split, unstratified draws from the same seed are tried (up to ``MAX_ATTEMPTS``) until
+    one covers every such subtype in every split. Walking that list, each patient goes to the split that is furthest behind its
     target count (``fraction * patients seen so far``). Split sizes therefore match the
     fractions to within one patient overall, and each group is spread over the splits in
     proportion as far as its size allows.
@@ -65,7 +70,35 @@ def split_patients(
     counts = presence.sum()
     group_order = sorted(set(group), key=lambda name: (name == "none", counts.get(name, 0), name))
 
+    # A draw can leave a subtype out of a split even though it has enough patients for all
+    # three; then later draws from the same seed are tried, so the result stays deterministic.
+    coverable = [subtype for subtype in SUBTYPES if counts[subtype] >= np.count_nonzero(fractions)]
     rng = np.random.default_rng(seed)
+    for attempt in range(MAX_ATTEMPTS):
+        # The first draw is stratified by group; later ones shuffle all patients together,
+        # because reshuffling inside the groups never changes how many of a group each split gets.
+        if attempt == 0:
+            assignment = _allocate(group, group_order, fractions, rng)
+        else:
+            assignment = _allocate(pd.Series("all", index=group.index), ["all"], fractions, rng)
+        uncovered = _uncovered_subtypes(presence, assignment, coverable, fractions)
+        if not uncovered:
+            break
+    else:
+        logger.warning(
+            "no split of %d draws puts every subtype in every split; %s stay uncovered",
+            MAX_ATTEMPTS, ", ".join(uncovered),
+        )
+    if attempt:
+        logger.info("split draw %d is the first with every subtype in every split", attempt + 1)
+
+    split = pd.Series(assignment, name="split").sort_index()
+    split.index.name = "patient_id"
+    logger.info("split %d patients: %s", len(split), split.value_counts().reindex(SPLITS, fill_value=0).to_dict())
+    return split
+
+
+def _allocate(group: pd.Series, group_order: list, fractions: np.ndarray, rng: np.random.Generator) -> dict:
     ordered_patients: list = []
     for name in group_order:
         members = group.index[group == name].to_numpy()
@@ -79,11 +112,17 @@ def split_patients(
         choice = int(np.argmax(deficit))
         assigned[choice] += 1
         assignment[patient] = SPLITS[choice]
+    return assignment
 
-    split = pd.Series(assignment, name="split").sort_index()
-    split.index.name = "patient_id"
-    logger.info("split %d patients: %s", len(split), split.value_counts().reindex(SPLITS, fill_value=0).to_dict())
-    return split
+
+def _uncovered_subtypes(presence: pd.DataFrame, assignment: dict, subtypes: list, fractions: np.ndarray) -> list:
+    split_of = presence.index.map(assignment)
+    wanted = [name for name, fraction in zip(SPLITS, fractions) if fraction > 0]
+    return [
+        subtype
+        for subtype in subtypes
+        if set(split_of[presence[subtype].to_numpy() > 0]) != set(wanted)
+    ]
 
 
 def _check_fractions(fractions) -> np.ndarray:

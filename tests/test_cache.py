@@ -8,7 +8,6 @@ identifies the file it came from.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import shutil
 import signal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -86,3 +87,20 @@ def test_split_rejects_missing_patient_column():
     table = synthetic_slice_table(n_patients=10).drop(columns="patient_id")
     with pytest.raises(ValueError, match="lacks column"):
         split_patients(table)
+
+
+def test_split_covers_every_subtype_across_seeds():
+    # 24 patients as in quick mode: each subtype with at least three positive patients must
+    # reach train, val and test for any seed, not only for a lucky one.
+    rng = np.random.default_rng(11)
+    for seed in range(40):
+        presence = pd.DataFrame(
+            (rng.random((24, len(SUBTYPES))) < [0.25, 0.3, 0.3, 0.4, 0.5]).astype(int), columns=list(SUBTYPES)
+        )
+        presence["patient_id"] = [f"patient-{number:02d}" for number in range(24)]
+        split = split_patients(presence, seed=seed)
+        split_of_row = presence["patient_id"].map(split)
+        for subtype in SUBTYPES:
+            if presence[subtype].sum() < 3:
+                continue
+            assert set(split_of_row[presence[subtype] == 1]) == {"train", "val", "test"}, (seed, subtype)
