@@ -211,6 +211,9 @@ def _explain(config: Config, cache, trained: dict, thresholds: dict, out_dir: Pa
         thresholds={subtype: thresholds[subtype] for subtype in SUBTYPES},
     )
 
+    section = "## Grad-CAM\n\n![subtype figure](gradcam_subtypes.png)\n\n"
+    if cache.masks is None:
+        return section + "CAM scores need lesion masks, which only the generated data has.\n"
     named_models = {ARCH_TITLES[arch]: model for arch, model in trained.items()}
     scores = cam_scoring.score_cams(
         named_models,
@@ -222,7 +225,7 @@ def _explain(config: Config, cache, trained: dict, thresholds: dict, out_dir: Pa
         progress=progress,
     )
     scores.to_csv(out_dir / "cam_scores.csv", index=False)
-    return "## Grad-CAM\n\n![subtype figure](gradcam_subtypes.png)\n\n" + cam_scoring.scores_to_markdown(scores) + "\n"
+    return section + cam_scoring.scores_to_markdown(scores) + "\n"
 
 
 def _write_report(out_dir: Path, config: Config, f1_markdown: str, cam_section: str, n_skipped: int, seconds: float) -> None:
