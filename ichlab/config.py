@@ -16,7 +16,8 @@ from typing import Any
 
 MODES = ("quick", "demo", "full")
 
-# Environment variables read here, and nowhere else in the library.
+# Environment variables the library reads. All are read here, except that ichlab.models also
+# reads ICHLAB_WEIGHTS when build_model is called directly without a weights file.
 MODE_VARIABLE = "ICHLAB_MODE"
 DATA_HOME_VARIABLE = "ICHLAB_DATA_HOME"
 RSNA_ROOT_VARIABLE = "ICHLAB_RSNA_ROOT"

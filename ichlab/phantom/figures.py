@@ -108,7 +108,7 @@ def show_series(root: str | Path, series_uid: str | None = None, n_slices: int =
     series_uid = series_uid or next(iter(all_masks))
     image_ids, _ = all_masks[series_uid]
     picks = np.linspace(0, len(image_ids) - 1, n_slices).round().astype(int)
-    figure, axes = plt.subplots(1, n_slices, figsize=(2.6 * n_slices, 3.0))
+    figure, axes = plt.subplots(1, n_slices, figsize=(2.6 * n_slices, 3.0), dpi=60)
     for axis, slice_index in zip(np.atleast_1d(axes), picks):
         path = Path(root) / IMAGE_FOLDER / f"{image_ids[slice_index]}.dcm"
         spacing = float(pydicom.dcmread(path, stop_before_pixels=True).PixelSpacing[0])
@@ -131,7 +131,7 @@ def show_subtypes(root: str | Path):
 
     examples = example_slices(root)
     all_masks = series_masks(root)
-    figure, axes = plt.subplots(2, len(examples), figsize=(2.8 * len(examples), 5.8), squeeze=False)
+    figure, axes = plt.subplots(2, len(examples), figsize=(2.8 * len(examples), 5.8), squeeze=False, dpi=60)
     for position, example in enumerate(examples.itertuples()):
         path = Path(root) / IMAGE_FOLDER / f"{example.image_id}.dcm"
         spacing = float(pydicom.dcmread(path, stop_before_pixels=True).PixelSpacing[0])
