@@ -26,7 +26,7 @@ WEIGHTS_VARIABLE = "ICHLAB_WEIGHTS"
 
 @dataclass
 class DataConfig:
-    """Where the slices come from and how they become model inputs."""
+    """Data settings: the source of the slices and how they become model inputs."""
 
     source: str  # "generated" (the embedded phantom) or "rsna" (a Kaggle-layout folder)
     root: Path  # dataset folder; a generated one is created on first use
@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cuda", "mps" or "cpu"
     amp: bool = True  # mixed precision on CUDA only
     channels_last: bool = True
+    augment: bool = False  # random flips, small rotations and scaling, the same for every slice of a sample
 
 
 @dataclass
@@ -99,7 +100,7 @@ def current_mode() -> str:
     Raises
     ------
     ValueError
-        If the variable holds anything other than quick, demo or full.
+        If the variable contains anything other than quick, demo or full.
     """
     mode = os.environ.get(MODE_VARIABLE, "").strip().lower() or "demo"
     if mode not in MODES:
@@ -164,9 +165,9 @@ def get_config(mode: str | None = None) -> Config:
             n_patients=60,
             slices_per_series=(20, 28),
             phantom_size=256,
-            image_size=96,
+            image_size=128,
         )
-        train = TrainConfig(epochs=6, batch_size=16, learning_rate=2e-3, patience=3)
+        train = TrainConfig(epochs=10, batch_size=16, learning_rate=2e-3, patience=4)
     else:
         data = DataConfig(
             source="rsna",
@@ -178,7 +179,7 @@ def get_config(mode: str | None = None) -> Config:
             image_size=224,
             num_workers=4,
         )
-        train = TrainConfig(epochs=10, batch_size=32, learning_rate=3e-4, warmup_epochs=1.0)
+        train = TrainConfig(epochs=10, batch_size=32, learning_rate=3e-4, warmup_epochs=1.0, augment=True)
 
     model = ModelConfig(pretrained=(mode == "full"), weights_file=weights_file)
     return Config(mode=mode, data=data, model=model, train=train, runs_dir=home / "runs" / mode)

@@ -92,8 +92,8 @@ def checkpoint_matches(path: Path, config: Config, cache) -> bool:
 def load_or_train(config: Config, cache, arch: str, *, progress: bool = True):
     """Return the trained model of ``arch`` from ``config.runs_dir``, training it first if it is missing.
 
-    Notebooks 07 and 08 use the checkpoints that notebooks 04 to 06 saved; run on their own,
-    they train the model here and log that they did.
+    Notebooks 07 and 08 use the checkpoints that notebooks 04 to 06 saved. When one of them
+    runs on its own, this function trains the quick model and logs that it did.
     """
     from ichlab import training
 
