@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("series_dir", type=Path, help="folder with the DICOM files of one series")
-    parser.add_argument("--run", type=Path, required=True, help="run folder written by `ichlab reproduce`")
+    parser.add_argument("--run", dest="run_dir", type=Path, required=True, help="run folder written by `ichlab reproduce`")
     parser.add_argument("--model", choices=("2d", "2.5d", "lstm"), default="lstm", help="which trained path to use")
     parser.add_argument("--subtype", choices=SUBTYPES, default=None, help="subtype to explain (default: the most likely one)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/predict/<series folder name>)")
@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ichlab.inference import PHANTOM_NOTICE, predict_series
 
-    result = predict_series(args.series_dir, args.run, arch=args.model, subtype=args.subtype, out_dir=args.out)
+    result = predict_series(args.series_dir, args.run_dir, arch=args.model, subtype=args.subtype, out_dir=args.out)
     print(f"{len(result.table)} slices in spatial order -> {result.csv_path}")
     if result.n_skipped:
         print(f"skipped {result.n_skipped} unreadable files (listed in the log above)")
