@@ -56,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (OSError, ValueError) as error:
+        # A missing file, an unreadable DICOM or invalid labels is the user's to fix: print the
+        # message alone, and the traceback only with --verbose.
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

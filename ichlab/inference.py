@@ -65,17 +65,34 @@ def read_series(folder: Path, image_size: int) -> tuple[pd.DataFrame, np.ndarray
     series_uids = sorted(headers["series_uid"].unique())
     if len(series_uids) > 1:
         raise ValueError(
-            f"{folder}: holds {len(series_uids)} series ({', '.join(series_uids)}); "
+            f"{folder}: contains {len(series_uids)} series ({', '.join(series_uids[:5])}"
+            f"{', ...' if len(series_uids) > 5 else ''}); "
             "put each series in its own folder and run the command once per folder"
         )
 
     ordered = series.order_slices(headers).reset_index(drop=True)
+    _warn_about_spacing(folder, series.series_report(ordered))
     slices = []
     for _, row in ordered.iterrows():
         hu = dicom.load_hu(row["file"])
         slices.append(geometry.to_square(hu, image_size, pixel_spacing=row["pixel_spacing"]))
     hu_stack = np.stack(slices).astype(np.float32)  # (N, S, S)
     return ordered, hu_stack, len(scan.skipped)
+
+
+def _warn_about_spacing(folder: Path, report: pd.DataFrame) -> None:
+    """Log a warning when neighbouring slices are not evenly spaced, since windows assume they are."""
+    for _, summary in report.iterrows():
+        if summary["n_duplicates"] or summary["n_near_duplicates"]:
+            logger.warning(
+                "%s: %d duplicate and %d near-duplicate slice positions; the 2.5D and LSTM windows "
+                "will treat them as neighbours", folder, summary["n_duplicates"], summary["n_near_duplicates"],
+            )
+        if summary["irregular_spacing"]:
+            logger.warning(
+                "%s: slice spacing varies from %.2f to %.2f mm (missing slices or mixed thickness); "
+                "context windows span uneven distances", folder, summary["min_spacing_mm"], summary["max_spacing_mm"],
+            )
 
 
 def model_inputs(windows: np.ndarray, arch: str, context_slices: int) -> torch.Tensor:
@@ -86,6 +103,8 @@ def model_inputs(windows: np.ndarray, arch: str, context_slices: int) -> torch.T
     """
     from ichlab import series
 
+    if arch not in ("2d", "2.5d", "lstm"):
+        raise ValueError(f"arch {arch!r} is invalid; use 2d, 2.5d or lstm")
     if arch == "2d":
         return torch.from_numpy(windows)
     neighbours = series.neighbour_indices(len(windows), context_slices)  # (N, K)
@@ -109,7 +128,9 @@ def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subty
     subtype
         The subtype to explain; default the one with the highest probability on any slice.
     out_dir
-        Where the CSV and the overlay go (default: ``run_dir / "predict" / <series folder name>``).
+        Where the CSV and the overlay go (default: ``run_dir / "predict" /
+        <series folder name>-<last 8 characters of the SeriesInstanceUID>``). Earlier outputs
+        of the same ``arch`` in that folder are replaced.
 
     Returns
     -------
@@ -117,6 +138,10 @@ def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subty
     """
     from ichlab import cam, cam_figures, training, windows
 
+    if arch not in ("2d", "2.5d", "lstm"):
+        raise ValueError(f"arch {arch!r} is invalid; use 2d, 2.5d or lstm")
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} is invalid; pass a positive number")
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / arch / "best.pt"
     if not checkpoint_path.is_file():
@@ -154,8 +179,17 @@ def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subty
     subtype_column = SUBTYPES.index(subtype)
     slice_index = int(probabilities[:, subtype_column].argmax())
 
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predict" / Path(series_dir).name
+    if out_dir is None:
+        # The series UID's end keeps two series folders of the same name apart.
+        series_uid = str(ordered["series_uid"].iloc[0])
+        out_dir = run_dir / "predict" / f"{Path(series_dir).resolve().name}-{series_uid[-8:]}"
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file; pass a folder to --out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Outputs of an earlier prediction in the same folder would mix with this one's.
+    for stale in [*out_dir.glob(f"probabilities_{arch}.csv"), *out_dir.glob(f"gradcam_{arch}_*.png")]:
+        stale.unlink()
     csv_path = out_dir / f"probabilities_{arch}.csv"
     table.to_csv(csv_path, index=False)
     (out_dir / "NOTICE.txt").write_text(PHANTOM_NOTICE + "\n")

@@ -129,3 +129,35 @@ def test_reproduce_same_seed_same_table(tmp_path):
         tables.append((out_dir / "predictions" / "2d_test.csv").read_text())
     assert tables[0] == tables[2]
     assert tables[1] == tables[3]
+
+
+def test_user_error_prints_message_not_traceback(tmp_path):
+    result = run_ichlab("scan", str(tmp_path / "missing-folder"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "missing-folder" in result.stderr
+
+
+def test_reproduce_rejects_zero_epochs(tmp_path):
+    result = run_ichlab("reproduce", "--epochs", "0", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "--epochs 0 is invalid" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_rejects_folder_without_rsna_layout(tmp_path):
+    result = run_ichlab("reproduce", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "no RSNA layout" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_predict_replaces_earlier_outputs(quick_run, real_ct_series, tmp_path):
+    out_dir = tmp_path / "out"
+    for subtype in ("epidural", "subdural"):
+        result = run_ichlab("predict", str(real_ct_series), "--run", str(quick_run), "--subtype", subtype, "--out", str(out_dir))
+        assert result.returncode == 0, result.stderr[-3000:]
+    overlays = list(out_dir.glob("gradcam_lstm_*.png"))
+    assert len(overlays) == 1
+    assert "subdural" in overlays[0].name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ichlab import SUBTYPES
@@ -16,13 +15,12 @@ def add_parser(subparsers) -> None:
             "Order the series along the slice normal, predict the five subtypes for every slice "
             "(CSV in spatial order) and save a Grad-CAM overlay of the most likely slice."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("series_dir", type=Path, help="folder with the DICOM files of one series")
     parser.add_argument("--run", dest="run_dir", type=Path, required=True, help="run folder written by `ichlab reproduce`")
-    parser.add_argument("--model", choices=("2d", "2.5d", "lstm"), default="lstm", help="which trained path to use")
+    parser.add_argument("--model", choices=("2d", "2.5d", "lstm"), default="lstm", help="which trained path to use (default: lstm)")
     parser.add_argument("--subtype", choices=SUBTYPES, default=None, help="subtype to explain (default: the most likely one)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/predict/<series folder name>)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/predict/<series folder name>-<end of the SeriesInstanceUID>)")
     parser.set_defaults(run=run)
 
 
