@@ -161,3 +161,9 @@ def test_predict_replaces_earlier_outputs(quick_run, real_ct_series, tmp_path):
     overlays = list(out_dir.glob("gradcam_lstm_*.png"))
     assert len(overlays) == 1
     assert "subdural" in overlays[0].name
+
+
+def test_prepare_rsna_source_needs_data_folder():
+    result = run_ichlab("prepare", "--source", "rsna", "--mode", "quick")
+    assert result.returncode == 2
+    assert "--source rsna needs --data" in result.stdout

@@ -36,6 +36,10 @@ def run(args) -> int:
 
     config = get_config(args.mode)
     source = args.source or ("rsna" if args.data is not None else None)
+    if source == "rsna" and args.data is None and config.data.source != "rsna":
+        # Without this check the mode's generated folder would be read as if it were RSNA data.
+        print("error: --source rsna needs --data FOLDER (the Kaggle download), or ICHLAB_MODE=full with ICHLAB_RSNA_ROOT set")
+        return 2
     config = with_data_overrides(
         config,
         root=args.data,
