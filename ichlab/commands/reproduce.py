@@ -57,7 +57,7 @@ def run(args) -> int:
         config.data.image_size = args.image_size
     if args.data is not None:
         if not args.data.is_dir():
-            print(f"error: --data {args.data} is not a folder; pass the folder that holds stage_2_train/", file=sys.stderr)
+            print(f"error: --data {args.data} is not a folder; pass the folder that contains stage_2_train/", file=sys.stderr)
             return 2
         from ichlab.rsna import find_layout
 
