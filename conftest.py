@@ -72,6 +72,17 @@ def real_ct_series() -> Path:
     return REAL_CT_SERIES
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread, restoring the previous count afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every notebook cell run by nbval as slow, so ``-m 'not slow'`` gives a fast subset."""
     for item in items:

@@ -1,8 +1,8 @@
 """Run a trained model on a DICOM series folder it has never seen.
 
 The folder's files are ordered along the slice normal (never by file name), converted to
-HU, squared to the model's image size and windowed exactly as in training; each slice gets
-five subtype probabilities, and the most suspicious slice a Grad-CAM overlay.
+HU, squared to the model's image size and windowed exactly as in training. Each slice gets
+five subtype probabilities, and the most suspicious slice gets a Grad-CAM overlay.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def read_series(folder: Path, image_size: int) -> tuple[pd.DataFrame, np.ndarray
     Raises
     ------
     ValueError
-        If the folder holds no readable DICOM slice, or slices of more than one series.
+        If the folder contains no readable DICOM slice, or slices of more than one series.
     """
     from ichlab import dicom, geometry, series
 
@@ -61,7 +61,7 @@ def read_series(folder: Path, image_size: int) -> tuple[pd.DataFrame, np.ndarray
         logger.warning("skipped %s: %s", skipped["file"], skipped["reason"])
     headers = scan.headers
     if headers.empty:
-        raise ValueError(f"{folder}: no readable DICOM slice found; pass a folder that holds one series of .dcm files")
+        raise ValueError(f"{folder}: no readable DICOM slice found; pass a folder that contains one series of .dcm files")
     series_uids = sorted(headers["series_uid"].unique())
     if len(series_uids) > 1:
         raise ValueError(

@@ -70,13 +70,13 @@ def split_patients(
     counts = presence.sum()
     group_order = sorted(set(group), key=lambda name: (name == "none", counts.get(name, 0), name))
 
-    # A draw can leave a subtype out of a split even though it has enough patients for all
-    # three; then later draws from the same seed are tried, so the result stays deterministic.
+    # A draw can leave a subtype out of a split although it has enough patients for all three.
+    # Later draws then come from the same generator, so the result stays deterministic.
     coverable = [subtype for subtype in SUBTYPES if counts[subtype] >= np.count_nonzero(fractions)]
     rng = np.random.default_rng(seed)
     for attempt in range(MAX_ATTEMPTS):
-        # The first draw is stratified by group; later ones shuffle all patients together,
-        # because reshuffling inside the groups never changes how many of a group each split gets.
+        # The first draw is stratified by group. Later ones shuffle all patients together, because
+        # reshuffling inside the groups never changes how many of a group each split gets.
         if attempt == 0:
             assignment = _allocate(group, group_order, fractions, rng)
         else:

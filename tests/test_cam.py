@@ -15,12 +15,7 @@ SIZE = 64  # pixels per side: the backbone's stride of 32 leaves a 2 x 2 feature
 INPUT_SHAPES = {"2d": (3, SIZE, SIZE), "2.5d": (9, SIZE, SIZE), "lstm": (3, 3, SIZE, SIZE)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
