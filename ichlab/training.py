@@ -95,14 +95,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def train_one_epoch(network, loader, criterion, optimizer, scheduler, scaler, device, amp_dtype, settings, *, arch, description, progress) -> float:
-    """Run one pass over the training loader and return the mean training loss per labelled slice."""
+def train_one_epoch(network, loader, criterion, optimizer, scheduler, scaler, device, amp_dtype, settings, *, arch, augment, description, progress) -> float:
+    """Run one pass over the training loader and return the mean training loss per labelled slice.
+
+    ``augment`` augments int16 HU batches on ``device`` before windowing.
+    """
     network.train()
     loss_sum = torch.zeros((), device=device)
     n_slices = 0
     bar = tqdm(loader, desc=description, leave=False, disable=not progress)
     for step, batch in enumerate(bar):
-        batch = to_device(batch, device, arch, settings.channels_last)
+        batch = to_device(batch, device, arch, settings.channels_last, augment=augment)
 
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = network(batch["image"])  # (B, 5), or (B, M, 5) for series chunks
@@ -197,6 +200,13 @@ def train(
         train_loader = shard_loader(train_loader, group, shuffle=True, seed=settings.seed)
         val_loader = shard_loader(val_loader, group, shuffle=False, seed=settings.seed)
 
+    # Augmentation: int16 HU batches are augmented here, on the training device. A loader
+    # that already augments or windows its items is left as it is.
+    dataset = train_loader.dataset
+    augment_on_device = bool(getattr(settings, "augment", False)) and getattr(dataset, "window_on_device", False) and not getattr(dataset, "augment", False)
+    if augment_on_device and group.is_main:
+        logger.info("augmenting training batches on %s: one random flip, rotation and scale per sample", device)
+
     # Model: channels-last suits convolutions; DDP averages the gradients of all processes.
     model.to(device)
     if settings.channels_last:
@@ -252,7 +262,7 @@ def train(
 
         train_loss = train_one_epoch(
             network, train_loader, criterion, optimizer, scheduler, scaler, device, amp_dtype, settings,
-            arch=arch, description=f"epoch {epoch}/{settings.epochs}", progress=progress,
+            arch=arch, augment=augment_on_device, description=f"epoch {epoch}/{settings.epochs}", progress=progress,
         )
         train_loss = average_across_processes(train_loss, group)
         broadcast_buffers(model, group)  # every process validates with rank 0's batch-norm statistics
@@ -356,7 +366,7 @@ def make_series_loaders(cache, config: Config, *, chunk_size: int = 16) -> dict[
             split,
             chunk_size=chunk_size,
             context_slices=config.data.context_slices,
-            augment=bool(getattr(config.train, "augment", False)) and split == "train",
+            window_on_device=True,  # int16 HU: the training loop augments and windows it on its device
         )
         generator = torch.Generator().manual_seed(int(config.train.seed)) if split == "train" else None
         loaders[split] = DataLoader(

@@ -18,13 +18,19 @@ from ichlab import SUBTYPES
 INPUT_KINDS = {"2d": "2d", "2.5d": "2.5d", "lstm": "sequence"}
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device, arch: str, channels_last: bool) -> dict[str, torch.Tensor]:
-    """Move a dict batch to ``device``: int16 HU is windowed there, 4-D images go channels-last when asked."""
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, arch: str, channels_last: bool, *, augment: bool = False) -> dict[str, torch.Tensor]:
+    """Move a dict batch to ``device``: int16 HU is windowed there, 4-D images go channels-last when asked.
+
+    ``augment`` applies one random flip, rotation and scale per sample to int16 HU on the
+    device before windowing (:func:`ichlab.datasets.augment_batch`); windowed images pass
+    unchanged.
+    """
     image = batch["image"].to(device, non_blocking=True)
     if image.dtype == torch.int16:
-        from ichlab.datasets import window_batch
+        from ichlab.datasets import augment_batch, window_batch
 
-        image = window_batch(image, INPUT_KINDS[arch])  # windows in [0, 1]
+        hu = augment_batch(image) if augment else image  # (B, K, H, W) HU
+        image = window_batch(hu, INPUT_KINDS[arch])  # windows in [0, 1]
     if channels_last and image.ndim == 4:
         image = image.contiguous(memory_format=torch.channels_last)
 

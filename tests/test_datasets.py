@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ichlab.cache import build_cache
 from ichlab.config import get_config
-from ichlab.datasets import SeriesChunkDataset, SliceDataset, make_loaders, window_batch
+from ichlab.datasets import ARCH_INPUT_KINDS, SeriesChunkDataset, SliceDataset, make_loaders, window_batch
 from ichlab.windows import stack_windows
 from test_cache import block_hu, slice_table, write_kaggle_folder
 
@@ -171,12 +171,18 @@ def quick_config(batch_size=4):
     return replace(config, train=replace(config.train, batch_size=batch_size, seed=7))
 
 
-@pytest.mark.parametrize(("arch", "shape"), [("2d", (4, 3, SIZE, SIZE)), ("2.5d", (4, 9, SIZE, SIZE)), ("lstm", (4, 3, 3, SIZE, SIZE))])
-def test_make_loaders_batches(cache, arch, shape):
+@pytest.mark.parametrize(
+    ("arch", "hu_shape", "model_shape"),
+    [("2d", (4, 1, SIZE, SIZE), (4, 3, SIZE, SIZE)), ("2.5d", (4, 3, SIZE, SIZE), (4, 9, SIZE, SIZE)), ("lstm", (4, 3, SIZE, SIZE), (4, 3, 3, SIZE, SIZE))],
+)
+def test_make_loaders_batches(cache, arch, hu_shape, model_shape):
     loaders = make_loaders(cache, arch, quick_config())
     assert set(loaders) == {"train", "val", "test"}
     batch = next(iter(loaders["train"]))
-    assert tuple(batch["image"].shape) == shape
+    # int16 HU by default, on a CPU as on a GPU; the training loop windows it.
+    assert batch["image"].dtype == torch.int16
+    assert tuple(batch["image"].shape) == hu_shape
+    assert tuple(window_batch(batch["image"], ARCH_INPUT_KINDS[arch]).shape) == model_shape
     assert tuple(batch["labels"].shape) == (4, 5)
     assert batch["row"].dtype == torch.int64
 
@@ -261,9 +267,68 @@ def test_augment_batch_per_sample_transform(cache):
     assert window_batch(augmented, "sequence").shape == (4, 3, 3, SIZE, SIZE)
 
 
-def test_make_loaders_int16_for_device(cache):
-    loaders = make_loaders(cache, "2.5d", quick_config(), window_on_device=True)
-    batch = next(iter(loaders["val"]))
-    assert batch["image"].dtype == torch.int16
-    assert tuple(batch["image"].shape) == (4, 3, SIZE, SIZE)
-    assert tuple(window_batch(batch["image"], "2.5d").shape) == (4, 9, SIZE, SIZE)
+def test_make_loaders_windowed_on_request(cache):
+    windowed = make_loaders(cache, "2.5d", quick_config(), window_on_device=False)
+    hu = make_loaders(cache, "2.5d", quick_config())
+    image = next(iter(windowed["val"]))["image"]
+    assert image.dtype == torch.float32
+    assert tuple(image.shape) == (4, 9, SIZE, SIZE)
+    assert torch.equal(image, window_batch(next(iter(hu["val"]))["image"], "2.5d"))
+
+
+def augmenting_config():
+    config = quick_config()
+    config.train.augment = True
+    return config
+
+
+def test_make_loaders_leaves_int16_augmentation_to_the_device(cache):
+    on_device = make_loaders(cache, "2.5d", augmenting_config())
+    in_loader = make_loaders(cache, "2.5d", augmenting_config(), window_on_device=False)
+    assert not on_device["train"].dataset.augment
+    assert in_loader["train"].dataset.augment
+    assert not in_loader["val"].dataset.augment
+
+
+def test_to_device_augments_int16_batches(cache):
+    from ichlab.validation import to_device
+
+    batch = next(iter(make_loaders(cache, "2.5d", quick_config())["val"]))
+    plain = to_device(batch, torch.device("cpu"), "2.5d", channels_last=False)["image"]
+    torch.manual_seed(3)
+    augmented = to_device(batch, torch.device("cpu"), "2.5d", channels_last=False, augment=True)["image"]
+    torch.manual_seed(3)
+    again = to_device(batch, torch.device("cpu"), "2.5d", channels_last=False, augment=True)["image"]
+
+    assert augmented.shape == plain.shape == (4, 9, SIZE, SIZE)
+    assert not torch.equal(augmented, plain)
+    assert torch.equal(augmented, again)
+    assert 0.0 <= float(augmented.min()) and float(augmented.max()) <= 1.0
+
+
+def test_to_device_leaves_windowed_batches(cache):
+    from ichlab.validation import to_device
+
+    batch = next(iter(make_loaders(cache, "2.5d", quick_config(), window_on_device=False)["val"]))
+    moved = to_device(batch, torch.device("cpu"), "2.5d", channels_last=False, augment=True)["image"]
+    assert torch.equal(moved, batch["image"])
+
+
+def test_train_augments_on_the_device(cache, tmp_path, caplog):
+    import logging
+
+    from ichlab.models import build_model
+    from ichlab.training import train
+
+    def one_epoch(config, run_dir):
+        config.train.epochs = 1
+        config.train.device = "cpu"
+        torch.manual_seed(0)
+        return train(build_model("2d"), make_loaders(cache, "2d", config), config, run_dir, progress=False)
+
+    with caplog.at_level(logging.INFO, logger="ichlab.training"):
+        augmented = one_epoch(augmenting_config(), tmp_path / "augmented")
+    plain = one_epoch(quick_config(), tmp_path / "plain")
+
+    assert "augmenting training batches on cpu" in caplog.text
+    assert augmented.rows[0]["train_loss"] != plain.rows[0]["train_loss"]
