@@ -89,7 +89,13 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     from ichlab.models import build_model
 
     checkpoint = load_checkpoint(path)
-    build_kwargs = dict(checkpoint["config"]["build_kwargs"])
+    try:
+        build_kwargs = dict(checkpoint["config"]["build_kwargs"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"checkpoint {path} has no config.build_kwargs entry, so the model cannot be rebuilt; "
+            "use a best.pt or last.pt written by ichlab.training.train"
+        ) from None
     build_kwargs.update(overrides)
     model = build_model(**build_kwargs)
     model.load_state_dict(checkpoint["model"])

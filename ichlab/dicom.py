@@ -84,6 +84,10 @@ def _label(path_or_dataset: str | PathLike | Dataset) -> str:
     return Path(path_or_dataset).name
 
 
+# Groups every CT image has: identification, patient, acquisition, relationship, image pixel.
+_STANDARD_GROUPS = frozenset({0x0008, 0x0010, 0x0018, 0x0020, 0x0028})
+
+
 def read_dataset(path: str | PathLike, *, stop_before_pixels: bool = False) -> Dataset:
     """Read a DICOM file with pydicom, raising ``DicomError`` that names the file on failure.
 
@@ -92,11 +96,16 @@ def read_dataset(path: str | PathLike, *, stop_before_pixels: bool = False) -> D
     path = Path(path)
     try:
         with _quiet_pydicom():
-            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
     except FileNotFoundError:
         raise DicomError(f"{path}: file not found") from None
     except Exception as error:  # pydicom raises many types for damaged files
         raise DicomError(f"{path.name}: not a readable DICOM file ({type(error).__name__}: {error})") from error
+    # With force=True pydicom parses any bytes as elements, so a text or random file "reads"
+    # as a dataset of nonsense tags. Such a file has neither the preamble nor a standard group.
+    if ds.preamble is None and not any(tag.group in _STANDARD_GROUPS for tag in ds.keys()):
+        raise DicomError(f"{path.name}: not a DICOM file (no DICM preamble and no standard DICOM elements); leave it out of the folder")
+    return ds
 
 
 def _number(value: object) -> float | None:

@@ -39,8 +39,8 @@ class SeriesPrediction:
     n_skipped: int  # files in the folder that could not be read
 
 
-def read_series(folder: Path, image_size: int) -> tuple[pd.DataFrame, np.ndarray, int]:
-    """Read one series folder into spatial order and model-sized HU slices.
+def read_series(folder: Path, image_size: int, *, pattern: str = "*.dcm") -> tuple[pd.DataFrame, np.ndarray, int]:
+    """Read one series folder (files matching ``pattern``) into spatial order and model-sized HU slices.
 
     Returns
     -------
@@ -56,12 +56,15 @@ def read_series(folder: Path, image_size: int) -> tuple[pd.DataFrame, np.ndarray
     from ichlab import dicom, geometry, series
 
     folder = Path(folder)
-    scan = dicom.scan_headers(folder, progress=False)
+    scan = dicom.scan_headers(folder, progress=False, pattern=pattern)
     for _, skipped in scan.skipped.iterrows():
         logger.warning("skipped %s: %s", skipped["file"], skipped["reason"])
     headers = scan.headers
     if headers.empty:
-        raise ValueError(f"{folder}: no readable DICOM slice found; pass a folder that contains one series of .dcm files")
+        raise ValueError(
+            f"{folder}: no readable DICOM slice matches {pattern!r}; pass a folder that contains one series, "
+            'and --pattern "*" when its files have no .dcm extension'
+        )
     series_uids = sorted(headers["series_uid"].unique())
     if len(series_uids) > 1:
         raise ValueError(
@@ -114,7 +117,9 @@ def model_inputs(windows: np.ndarray, arch: str, context_slices: int) -> torch.T
     return stacked
 
 
-def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subtype: str | None = None, out_dir: Path | None = None, batch_size: int = 16) -> SeriesPrediction:
+def predict_series(
+    series_dir: Path, run_dir: Path, *, arch: str = "lstm", subtype: str | None = None, out_dir: Path | None = None, batch_size: int = 16, pattern: str = "*.dcm"
+) -> SeriesPrediction:
     """Predict every slice of a series with the ``arch`` model of a run folder.
 
     Parameters
@@ -131,6 +136,10 @@ def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subty
         Where the CSV and the overlay go (default: ``run_dir / "predict" /
         <series folder name>-<last 8 characters of the SeriesInstanceUID>``). Earlier outputs
         of the same ``arch`` in that folder are replaced.
+    batch_size
+        Slices per forward pass.
+    pattern
+        File name pattern of the slices; ``"*"`` for files without an extension.
 
     Returns
     -------
@@ -155,7 +164,7 @@ def predict_series(series_dir: Path, run_dir: Path, *, arch: str = "lstm", subty
     context_slices = int(checkpoint_config["data"]["context_slices"])
     model = training.load_model(checkpoint_path).eval()
 
-    ordered, hu, n_skipped = read_series(Path(series_dir), image_size)
+    ordered, hu, n_skipped = read_series(Path(series_dir), image_size, pattern=pattern)
     windowed = windows.stack_windows(hu)  # (N, 3, S, S)
     inputs = model_inputs(windowed, arch, context_slices)
 

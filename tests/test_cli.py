@@ -109,6 +109,22 @@ def test_predict_orders_shuffled_real_series(quick_run, real_ct_series, tmp_path
 
 
 @pytest.mark.slow
+def test_predict_reads_files_without_extension(quick_run, real_ct_series, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for original in sorted(real_ct_series.glob("*.dcm")):
+        shutil.copy(original, bare / original.stem)  # PACS exports often carry no extension
+
+    missed = run_ichlab("predict", str(bare), "--run", str(quick_run), "--out", str(tmp_path / "missed"))
+    assert missed.returncode == 2
+    assert '--pattern "*"' in missed.stderr
+
+    result = run_ichlab("predict", str(bare), "--run", str(quick_run), "--pattern", "*", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "out" / "probabilities_lstm.csv")) == 28
+
+
+@pytest.mark.slow
 def test_predict_rejects_unknown_subtype(quick_run, tmp_path):
     result = run_ichlab("predict", str(tmp_path), "--run", str(quick_run), "--subtype", "bleeding")
     assert result.returncode != 0
@@ -167,3 +183,31 @@ def test_prepare_rsna_source_needs_data_folder():
     result = run_ichlab("prepare", "--source", "rsna", "--mode", "quick")
     assert result.returncode == 2
     assert "--source rsna needs --data" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["phantom", "--out", "x", "--patients", "0"], "argument --patients: 0 is invalid; pass 1 or more"),
+        (["train", "--arch", "lstm", "--context-slices", "4"], "argument --context-slices: 4 is even; pass an odd number"),
+        (["train", "--arch", "2d", "--batch-size", "many"], "argument --batch-size: 'many' is not a whole number"),
+        (["prepare", "--workers", "-1"], "argument --workers: -1 is invalid; pass 0 or more"),
+        (["bench", "--sizes", "128", "0"], "argument --sizes: 0 is invalid; pass 1 or more"),
+    ],
+)
+def test_invalid_number_names_option(arguments, message, capsys):
+    from ichlab.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_hides_empty_defaults():
+    result = run_ichlab("train", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps long help lines
+    assert "(default: None)" not in text
+    assert "(default: False)" not in text
+    assert "(default: 16)" in text  # --chunk-size keeps its real default

@@ -179,7 +179,7 @@ def test_make_loaders_batches(cache, arch, hu_shape, model_shape):
     loaders = make_loaders(cache, arch, quick_config())
     assert set(loaders) == {"train", "val", "test"}
     batch = next(iter(loaders["train"]))
-    # int16 HU by default, on a CPU as on a GPU; the training loop windows it.
+    # int16 HU by default, on a CPU as on a GPU. The training loop windows it.
     assert batch["image"].dtype == torch.int16
     assert tuple(batch["image"].shape) == hu_shape
     assert tuple(window_batch(batch["image"], ARCH_INPUT_KINDS[arch]).shape) == model_shape
@@ -282,7 +282,7 @@ def augmenting_config():
     return config
 
 
-def test_make_loaders_leaves_int16_augmentation_to_the_device(cache):
+def test_int16_loaders_skip_augmentation(cache):
     on_device = make_loaders(cache, "2.5d", augmenting_config())
     in_loader = make_loaders(cache, "2.5d", augmenting_config(), window_on_device=False)
     assert not on_device["train"].dataset.augment
@@ -303,7 +303,8 @@ def test_to_device_augments_int16_batches(cache):
     assert augmented.shape == plain.shape == (4, 9, SIZE, SIZE)
     assert not torch.equal(augmented, plain)
     assert torch.equal(augmented, again)
-    assert 0.0 <= float(augmented.min()) and float(augmented.max()) <= 1.0
+    assert float(augmented.min()) >= 0.0
+    assert float(augmented.max()) <= 1.0
 
 
 def test_to_device_leaves_windowed_batches(cache):

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
 from ichlab import dicom_scan
-from ichlab.dicom import HEADER_COLUMNS, DicomError, load_hu, read_window_tags, scan_headers
+from ichlab.dicom import HEADER_COLUMNS, DicomError, load_hu, read_dataset, read_window_tags, scan_headers
 from ichlab.windows import stack_windows
 
 
@@ -265,6 +265,23 @@ def test_unreadable_file_names_file(tmp_path):
     path.write_bytes(b"DICM" * 3)
     with pytest.raises(DicomError, match="ID_broken.dcm"):
         load_hu(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"patient,label\nID_1,0\n", bytes(range(256)) * 8])
+def test_non_dicom_file_named_as_such(tmp_path, content):
+    path = tmp_path / "notes.dcm"
+    path.write_bytes(content)
+    with pytest.raises(DicomError, match="notes.dcm: not a DICOM file"):
+        load_hu(path)
+
+
+def test_dicom_without_preamble_still_reads(tmp_path):
+    source = read_dataset(get_testdata_file("CT_small.dcm", download=False))
+    source.preamble = None  # anonymised sets often drop the 128-byte preamble and "DICM"
+    path = tmp_path / "no_preamble.dcm"
+    source.save_as(path, enforce_file_format=False)
+    assert b"DICM" not in path.read_bytes()[:132]
+    assert load_hu(path).shape == (128, 128)
 
 
 def test_jpeg2000_ct_matches_uncompressed():

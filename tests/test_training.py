@@ -239,6 +239,13 @@ def test_load_checkpoint_rejects_code(tmp_path):
         load_checkpoint(path)
 
 
+def test_load_model_without_build_settings(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"model": fresh_model().state_dict()}, path)
+    with pytest.raises(ValueError, match="foreign.pt has no config.build_kwargs entry"):
+        load_model(path)
+
+
 def test_load_checkpoint_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         load_checkpoint(tmp_path / "absent.pt")

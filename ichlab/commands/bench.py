@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ichlab.commands import HelpFormatter, non_negative_int, positive_int
+
 logger = logging.getLogger(__name__)
 
 # Path name, build_model arguments, and how one batch is shaped.
@@ -51,16 +53,16 @@ def add_parser(subparsers) -> None:
             "each image size, the LSTM's compute per labelled slice relative to 2D with and "
             "without series mode, and the time to predict a whole series."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224], help="image sizes in pixels per side")
-    parser.add_argument("--batch-size", type=int, default=16, help="labelled slices per training batch (one chunk in series mode)")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per path and size")
-    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps before timing")
-    parser.add_argument("--series-slices", type=int, default=40, help="slices of the series predicted whole")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[128, 224], help="image sizes in pixels per side")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="labelled slices per training batch (one chunk in series mode)")
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed training steps per path and size")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=1, help="untimed steps before timing")
+    parser.add_argument("--series-slices", type=positive_int, default=40, help="slices of the series predicted whole")
     parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="device to measure")
     parser.add_argument("--no-amp", action="store_true", help="measure CUDA in float32 instead of mixed precision")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--out", default=None, help="also write the tables as CSV files with this path prefix")
     parser.set_defaults(run=run)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ichlab.commands import HelpFormatter, positive_int
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,7 +18,7 @@ def add_parser(subparsers) -> None:
             "implement an exercise's answer cannot be imported while it is graded. With --release, "
             "only regenerate the student versions release/<assignment>/ from source/<assignment>/."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--course",
@@ -40,7 +42,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="grade (or release) only this assignment; repeat for several (default: all with submissions)",
     )
-    parser.add_argument("--timeout", type=int, default=60, help="per-cell execution limit in seconds")
+    parser.add_argument("--timeout", type=positive_int, default=60, help="per-cell execution limit in seconds")
     parser.add_argument("--no-feedback", action="store_true", help="skip the HTML feedback files")
     parser.add_argument(
         "--allow-library-answers",

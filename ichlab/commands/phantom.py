@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ichlab.commands import HelpFormatter, positive_int
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -15,12 +17,12 @@ def add_parser(subparsers) -> None:
             "RSNA-style labels (stage_2_train.csv), lesion masks (masks/) and the settings "
             "(phantom.json). The data is a teaching phantom, not clinical data."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
-    parser.add_argument("--patients", type=int, required=True, help="number of patients (one series each)")
+    parser.add_argument("--patients", type=positive_int, required=True, help="number of patients (one series each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same arguments give identical files")
-    parser.add_argument("--size", type=int, default=512, help="pixels per side of a slice without size quirks")
+    parser.add_argument("--size", type=positive_int, default=512, help="pixels per side of a slice without size quirks")
     parser.add_argument(
         "--slices",
         type=int,
@@ -45,7 +47,7 @@ def add_parser(subparsers) -> None:
             "given without names, or only the named ones"
         ),
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes that render and write series in parallel")
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes that render and write series in parallel")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 

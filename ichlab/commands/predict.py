@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--run", dest="run_dir", type=Path, required=True, help="run folder written by `ichlab reproduce`")
     parser.add_argument("--model", choices=("2d", "2.5d", "lstm"), default="lstm", help="which trained path to use (default: lstm)")
     parser.add_argument("--subtype", choices=SUBTYPES, default=None, help="subtype to explain (default: the most likely one)")
+    parser.add_argument("--pattern", default="*.dcm", help='file name pattern in the folder; use "*" for files without an extension (default: *.dcm)')
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/predict/<series folder name>-<end of the SeriesInstanceUID>)")
     parser.set_defaults(run=run)
 
@@ -27,7 +28,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ichlab.inference import PHANTOM_NOTICE, predict_series
 
-    result = predict_series(args.series_dir, args.run_dir, arch=args.model, subtype=args.subtype, out_dir=args.out)
+    result = predict_series(args.series_dir, args.run_dir, arch=args.model, subtype=args.subtype, out_dir=args.out, pattern=args.pattern)
     print(f"{len(result.table)} slices in spatial order -> {result.csv_path}")
     if result.n_skipped:
         print(f"skipped {result.n_skipped} unreadable files (listed in the log above)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ichlab.commands import HelpFormatter, positive_int
+
 # Skipped files printed one per line; the rest are counted.
 MAX_LISTED_SKIPPED = 20
 
@@ -19,12 +21,12 @@ def add_parser(subparsers) -> None:
             "the spacing along the normal, irregular spacing and duplicate positions, then the "
             "files that were skipped and why."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("folder", type=Path, help="folder searched recursively for DICOM files")
     parser.add_argument("--out", type=Path, default=None, help="CSV file for the ordered header table, one row per slice")
     parser.add_argument("--pattern", default="*.dcm", help='file name pattern; use "*" for files without an extension')
-    parser.add_argument("--workers", type=int, default=None, help="worker processes; unset means up to 8, limited by the CPU count")
+    parser.add_argument("--workers", type=positive_int, default=None, help="worker processes; unset means up to 8, limited by the CPU count")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 

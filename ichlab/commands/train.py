@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from ichlab.commands import HelpFormatter, non_negative_int, odd_positive_int, positive_int
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,26 +19,26 @@ def add_parser(subparsers) -> None:
             "below override them. For several GPUs or machines, start it with torchrun, for "
             "example: torchrun --nproc_per_node=4 -m ichlab.cli train --arch lstm"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--arch", choices=("2d", "2.5d", "lstm"), required=True, help="which path to train")
     parser.add_argument("--mode", choices=("quick", "demo", "full"), default=None, help="settings to start from (default: ICHLAB_MODE, else demo)")
     parser.add_argument("--data", type=Path, default=None, help="an RSNA-layout dataset folder to train on instead of the mode's data")
     parser.add_argument("--run-dir", type=Path, default=None, help="folder for checkpoints and history (default: RUNS/<arch>, with the LSTM options in the name)")
-    parser.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
-    parser.add_argument("--batch-size", type=int, default=None, help="samples per batch and process (slices, for series chunks)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="maximum number of epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="samples per batch and process (slices, for series chunks)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate of AdamW")
-    parser.add_argument("--patience", type=int, default=None, help="epochs without a lower validation loss before stopping")
-    parser.add_argument("--image-size", type=int, default=None, help="pixels per side of the model input (builds a cache of that size)")
-    parser.add_argument("--context-slices", type=int, default=None, help="K, odd: slices per 2.5D or LSTM window (3, 5, 7)")
+    parser.add_argument("--patience", type=positive_int, default=None, help="epochs without a lower validation loss before stopping")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="pixels per side of the model input (builds a cache of that size)")
+    parser.add_argument("--context-slices", type=odd_positive_int, default=None, help="K, odd: slices per 2.5D or LSTM window (3, 5, 7)")
     parser.add_argument("--series-mode", action="store_true", help="LSTM: train on chunks of consecutive slices, embedding each slice once")
-    parser.add_argument("--chunk-size", type=int, default=16, help="LSTM series mode: labelled slices per chunk")
+    parser.add_argument("--chunk-size", type=positive_int, default=16, help="LSTM series mode: labelled slices per chunk")
     parser.add_argument("--bidirectional", action="store_true", help="LSTM: a bidirectional LSTM (over the whole chunk in series mode)")
     parser.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (hub, --weights or ICHLAB_WEIGHTS)")
     parser.add_argument("--weights", type=Path, default=None, help="local timm ImageNet weights file (.pth or .safetensors); implies --pretrained")
     parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default=None, help="training device")
     parser.add_argument("--seed", type=int, default=None, help="seed of the initial weights and the shuffling")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader worker processes")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt when it exists")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)
