@@ -101,11 +101,18 @@ def read_dataset(path: str | PathLike, *, stop_before_pixels: bool = False) -> D
         raise DicomError(f"{path}: file not found") from None
     except Exception as error:  # pydicom raises many types for damaged files
         raise DicomError(f"{path.name}: not a readable DICOM file ({type(error).__name__}: {error})") from error
-    # With force=True pydicom parses any bytes as elements, so a text or random file "reads"
-    # as a dataset of nonsense tags. Such a file has neither the preamble nor a standard group.
-    if ds.preamble is None and not any(tag.group in _STANDARD_GROUPS for tag in ds.keys()):
-        raise DicomError(f"{path.name}: not a DICOM file (no DICM preamble and no standard DICOM elements); leave it out of the folder")
+    check_is_dicom(ds, path.name)
     return ds
+
+
+def check_is_dicom(ds: Dataset, label: str) -> None:
+    """Raise ``DicomError`` when a dataset read with ``force=True`` came from a non-DICOM file.
+
+    With ``force=True`` pydicom parses any bytes as elements, so a text or random file reads
+    as a dataset of nonsense tags. Such a file has neither the preamble nor a standard group.
+    """
+    if ds.preamble is None and not any(tag.group in _STANDARD_GROUPS for tag in ds.keys()):
+        raise DicomError(f"{label}: not a DICOM file (no DICM preamble and no standard DICOM elements); leave it out of the folder")
 
 
 def _number(value: object) -> float | None:

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from tqdm.auto import tqdm
 
-from ichlab.dicom import DicomError, _number, _quiet_pydicom, check_ct_image
+from ichlab.dicom import DicomError, _number, _quiet_pydicom, check_ct_image, check_is_dicom
 
 logger = logging.getLogger("ichlab.dicom")
 
@@ -140,6 +140,7 @@ def read_header_row(path: str | PathLike) -> dict:
     except Exception as error:  # pydicom raises many types for damaged files
         raise DicomError(f"{path.name}: not a readable DICOM file ({type(error).__name__}: {error})") from error
 
+    check_is_dicom(ds, path.name)
     check_ct_image(header, path.name)
     for keyword in ("SeriesInstanceUID", "Rows", "Columns", "BitsAllocated"):
         if header[keyword] in (None, ""):

@@ -174,7 +174,7 @@ def test_scan_skips_truncated_and_bad_files(tmp_path):
     assert set(reasons) == {"truncated.dcm", "notes.dcm", "mr.dcm"}
     assert "524288 expected" in reasons["truncated.dcm"]
     assert "Modality MR" in reasons["mr.dcm"]
-    assert "notes.dcm" in reasons["notes.dcm"]
+    assert "notes.dcm: not a DICOM file" in reasons["notes.dcm"]
 
 
 def test_scan_header_columns(tmp_path):
