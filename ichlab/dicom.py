@@ -258,8 +258,7 @@ def _padding_mask(ds: Dataset, stored: np.ndarray, bits_stored: int, signed: boo
     return (stored >= low) & (stored <= high)
 
 
-def write_ct_slice(
-    path: str | PathLike,
+def ct_slice_dataset(
     stored: np.ndarray,
     *,
     bits_stored: int = 16,
@@ -275,17 +274,13 @@ def write_ct_slice(
     sop_uid: str | None = None,
     padding_value: int | None = None,
     little_endian: bool = True,
-) -> Path:
-    """Write one CT slice as a DICOM file with pydicom, for demonstrations and tests.
+) -> Dataset:
+    """Build one CT slice as a pydicom ``Dataset`` with file meta, for demonstrations and tests.
 
-    ``stored`` is written as 16-bit words exactly as given (values wrap to 16 bits), so any
-    header quirk can be reproduced: pass ``intercept=None`` or ``slope=None`` to leave that
-    element out. UIDs that are not valid, such as RSNA's ``ID_...`` ids, are written as given.
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
+    ``stored`` becomes 16-bit words exactly as given (values wrap to 16 bits), so any header
+    quirk can be reproduced: pass ``intercept=None`` or ``slope=None`` to leave that element
+    out. UIDs that are not valid, such as RSNA's ``ID_...`` ids, are kept as given.
+    :func:`write_ct_slice` writes the same dataset to a file.
     """
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
@@ -321,6 +316,22 @@ def write_ct_slice(
         if padding_value is not None:
             ds.add_new(0x00280120, "SS" if signed else "US", int(padding_value))  # PixelPaddingValue
         ds.PixelData = words.astype("<u2" if little_endian else ">u2").tobytes()
+    return ds
+
+
+def write_ct_slice(path: str | PathLike, stored: np.ndarray, **options) -> Path:
+    """Write one CT slice as a DICOM file with pydicom, for demonstrations and tests.
+
+    ``options`` are those of :func:`ct_slice_dataset`, which builds the dataset.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    ds = ct_slice_dataset(stored, **options)
+    little_endian = options.get("little_endian", True)
+    with _quiet_pydicom():
         ds.save_as(path, enforce_file_format=True, little_endian=little_endian, implicit_vr=False)
     return Path(path)
 

@@ -19,14 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from ichlab import LABEL_COLUMNS, SUBTYPES
 from ichlab.cache import CacheError, SliceCache, build_cache
 from ichlab.config import get_config
 from ichlab.data import prepare_data
-from ichlab.dicom import scan_headers
+from ichlab.dicom import ct_slice_dataset, scan_headers
 from ichlab.geometry import to_square
 from ichlab.phantom import load_masks
 from ichlab.rsna import attach_labels, find_layout, read_labels
@@ -49,31 +47,10 @@ def slice_pixels(patient: int, slice_index: int) -> np.ndarray:
 
 
 def write_ct(path: Path, hu: np.ndarray, *, patient_id: str, series_uid: str, sop_uid: str, z_mm: float) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.Modality = "CT"
+    stored = hu.astype(np.int32) + 1024  # RescaleIntercept -1024
+    ds = ct_slice_dataset(stored, series_uid=series_uid, sop_uid=sop_uid, position=(-60.0, -60.0, z_mm))
     ds.PatientID = patient_id
     ds.StudyInstanceUID = series_uid + ".0"
-    ds.SeriesInstanceUID = series_uid
-    ds.ImagePositionPatient = [-60.0, -60.0, z_mm]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.SliceThickness = 5.0
-    ds.Rows, ds.Columns = hu.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept = -1024
-    ds.RescaleSlope = 1
-    ds.PixelData = (hu.astype(np.int32) + 1024).astype(np.int16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -13,56 +13,17 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian
 
 from ichlab import dicom_scan
-from ichlab.dicom import HEADER_COLUMNS, DicomError, load_hu, read_dataset, read_window_tags, scan_headers
+from ichlab.dicom import HEADER_COLUMNS, DicomError, ct_slice_dataset, load_hu, read_dataset, read_window_tags, scan_headers
 from ichlab.windows import stack_windows
 
 
-def make_ct(
-    words,
-    *,
-    bits_stored=16,
-    pixel_representation=1,
-    intercept=-1024,
-    slope=1,
-    modality="CT",
-    sop_uid=None,
-    series_uid="1.2.826.0.1.1",
-    position=(0.0, 0.0, 0.0),
-):
+def make_ct(words, *, pixel_representation=1, **options):
     """A single-slice CT dataset whose PixelData holds ``words`` as 16-bit values."""
-    words = np.atleast_2d(np.asarray(words, dtype=np.int64))
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid or generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.SOPClassUID = CTImageStorage
-    ds.Modality = modality
-    ds.PatientID = "ID_patient"
-    ds.StudyInstanceUID = "1.2.826.0.1"
-    ds.SeriesInstanceUID = series_uid
-    ds.ImagePositionPatient = list(position)
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.SliceThickness = 5
-    ds.Rows, ds.Columns = words.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = pixel_representation
-    if intercept is not None:
-        ds.RescaleIntercept = intercept
-    if slope is not None:
-        ds.RescaleSlope = slope
-    ds.PixelData = (words & 0xFFFF).astype("<u2").tobytes()
-    return ds
+    return ct_slice_dataset(words, signed=pixel_representation == 1, **options)
 
 
 def write(ds, path):
