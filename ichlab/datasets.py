@@ -6,7 +6,8 @@ slice). Images are windowed into [0, 1] per item, or returned as int16 HU
 training device. The loaders of :func:`make_loaders` send int16 HU, a sixth of the bytes of a
 windowed 2.5D item, and the training loop augments and windows each batch where the model
 runs. Datasets pickle as the cache path plus a few small arrays, so DataLoader workers
-started with spawn (macOS, Windows) reopen the memory map instead of copying it."""
+started with spawn (macOS, Windows) reopen the memory map instead of copying it.
+"""
 
 from __future__ import annotations
 
