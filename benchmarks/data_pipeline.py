@@ -12,12 +12,14 @@ split, each with ``--workers`` worker processes and again in-process (``num_work
 - ``copy limit 2.5D``: copies the item's three int16 slices out of the memory map and nothing
   else, the most a loader over this cache can deliver;
 - ``cache 2.5D``: what ``make_loaders`` builds, int16 HU items, with ``window_batch``
-  windowing each batch in the main process as the training loop does on a CPU;
+  windowing each batch on the device as the training loop does;
 - ``cache 2.5D windowed in workers``: ``window_on_device=False``, float32 items;
 - ``cache 2D``, ``cache sequence``, ``cache 2.5D + augment`` on the ``make_loaders`` path.
 
-Every loader row ends in the model's input: windowed float32 batches in the main process
-(the copy limit ends in int16, the bytes it copies). Ratios are taken within one run.
+Every loader row ends in the model's input: windowed float32 batches on ``--device`` (the CPU
+by default, in the main process). The copy limit ends in int16, the bytes it copies. Ratios
+are taken within one run. With ``--device cuda`` batches are pinned, copied to the GPU and
+windowed there, as in full-mode training.
 
 Memory is read from ``/proc/<pid>/smaps_rollup`` (Linux) for the main process and its
 workers after a full pass: anonymous memory (heap, tensors) separately from resident pages of
@@ -87,9 +89,13 @@ class CopyLimitDataset(Dataset):
         return {"image": torch.from_numpy(np.asarray(self.cache.hu[self.neighbours[self.rows[i]]]))}  # (3, H, W)
 
 
-def samples_per_second(dataset, workers, batch_size, n_samples, window_as=None):
-    """Samples per second of a shuffled DataLoader; ``window_as`` windows int16 batches as the training loop does."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+def samples_per_second(dataset, workers, batch_size, n_samples, window_as=None, device=torch.device("cpu")):
+    """Return samples per second of a shuffled DataLoader whose batches end on ``device``.
+
+    ``window_as`` windows int16 batches there, as the training loop does.
+    """
+    on_gpu = device.type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=on_gpu)
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
     seen, started = 0, time.perf_counter()
@@ -99,9 +105,12 @@ def samples_per_second(dataset, workers, batch_size, n_samples, window_as=None):
         except StopIteration:
             iterator = iter(loader)
             continue
+        image = batch["image"].to(device, non_blocking=True)
         if window_as is not None:
-            window_batch(batch["image"], window_as)
-        seen += len(batch["image"])
+            image = window_batch(image, window_as)
+        seen += len(image)
+    if on_gpu:
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - started
     memory = memory_of_loader(loader, iterator)
     del iterator, loader
@@ -176,7 +185,12 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--samples", type=int, default=1600, help="samples timed per cache loader")
     parser.add_argument("--naive-samples", type=int, default=320, help="samples timed for the naive loader")
+    # NOTE: the cuda path (pinned memory, windowing on the GPU) has never run on a GPU.
+    parser.add_argument("--device", default="cpu", help="where batches end and int16 batches are windowed: cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch finds no CUDA GPU here; run with --device cpu")
     main_threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
@@ -208,7 +222,7 @@ def main():
                 # Worker rows keep the main process to one thread, because each worker uses one.
                 # In-process rows use every core, as a training loop without workers would.
                 torch.set_num_threads(1 if workers else main_threads)
-                rates[label], memory[label] = samples_per_second(dataset, workers, args.batch_size, n_samples, window_as)
+                rates[label], memory[label] = samples_per_second(dataset, workers, args.batch_size, n_samples, window_as, device)
             torch.set_num_threads(1)
 
         measure("naive 2.5D", NaiveDicomDataset(train, args.image_size), args.naive_samples)
@@ -217,10 +231,10 @@ def main():
         measure("cache 2.5D windowed in workers", SliceDataset(cache, "train", "2.5d"), args.samples)
         for kind, name in (("2d", "cache 2D"), ("sequence", "cache sequence")):
             rates[name], memory[name] = samples_per_second(
-                SliceDataset(cache, "train", kind, window_on_device=True), args.workers, args.batch_size, args.samples, kind
+                SliceDataset(cache, "train", kind, window_on_device=True), args.workers, args.batch_size, args.samples, kind, device
             )
         rates["cache 2.5D + augment"], memory["cache 2.5D + augment"] = samples_per_second(
-            SliceDataset(cache, "train", "2.5d", augment=True, window_on_device=True), args.workers, args.batch_size, args.samples // 2, "2.5d"
+            SliceDataset(cache, "train", "2.5d", augment=True, window_on_device=True), args.workers, args.batch_size, args.samples // 2, "2.5d", device
         )
         # Memory against dataset size: the same number of batches over the cache and over a
         # copy tiled to four times the rows, one after the other at the end of the run.
@@ -228,7 +242,7 @@ def main():
         for copies, rows in ((1, cache), (4, big)):
             name = f"cache 2.5D, {copies}x rows"
             rates[name], memory[name] = samples_per_second(
-                SliceDataset(rows, "train", "2.5d", window_on_device=True), args.workers, args.batch_size, 4 * args.samples, "2.5d"
+                SliceDataset(rows, "train", "2.5d", window_on_device=True), args.workers, args.batch_size, 4 * args.samples, "2.5d", device
             )
 
         batch = torch.randint(-1024, 2000, (args.batch_size, 3, args.image_size, args.image_size)).float()
