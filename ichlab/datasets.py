@@ -328,7 +328,9 @@ def make_loaders(cache, arch: str, config, *, augment: bool | None = None, windo
             shuffle=split == "train",
             generator=generator,
             num_workers=workers,
-            persistent_workers=workers > 0,
+            # Workers restart each epoch: persistent ones make a resumed run draw its
+            # worker seeds at other points than an uninterrupted one.
+            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
     return loaders

@@ -103,8 +103,11 @@ def train_one_epoch(network, loader, criterion, optimizer, scheduler, scaler, de
     network.train()
     loss_sum = torch.zeros((), device=device)
     n_slices = 0
-    bar = tqdm(loader, desc=description, leave=False, disable=not progress)
-    for step, batch in enumerate(bar):
+    # The bar counts batches but never iterates the loader: tqdm.auto's bar calls iter() on
+    # what it wraps, and each extra DataLoader iterator draws a seed and prefetches batches.
+    bar = tqdm(total=len(loader), desc=description, leave=False, disable=not progress)
+    for step, batch in enumerate(loader):
+        bar.update(1)
         batch = to_device(batch, device, arch, settings.channels_last, augment=augment)
 
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -122,6 +125,7 @@ def train_one_epoch(network, loader, criterion, optimizer, scheduler, scaler, de
         n_slices += len(labels)
         if step % 10 == 0 or step == len(loader) - 1:
             bar.set_postfix(loss=f"{loss_sum.item() / max(n_slices, 1):.4f}")
+    bar.close()
     return loss_sum.item() / max(n_slices, 1)
 
 
@@ -375,7 +379,9 @@ def make_series_loaders(cache, config: Config, *, chunk_size: int = 16) -> dict[
             shuffle=split == "train",
             generator=generator,
             num_workers=int(config.data.num_workers),
-            persistent_workers=int(config.data.num_workers) > 0,
+            # Workers restart each epoch: persistent ones make a resumed run draw its
+            # worker seeds at other points than an uninterrupted one.
+            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
     return loaders

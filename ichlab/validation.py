@@ -77,8 +77,9 @@ def run_inference(
     arch = getattr(model, "arch", None) or getattr(getattr(model, "module", None), "arch", "2d")
     model.eval()
     logits, labels, rows = [], [], []
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=description, leave=False, disable=not progress):
+    with torch.no_grad(), tqdm(total=len(loader), desc=description, leave=False, disable=not progress) as bar:
+        for batch in loader:  # not through the bar, which would open a second loader iterator
+            bar.update(1)
             batch = to_device(batch, device, arch, channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 output = model(batch["image"])  # (B, 5) or (B, M, 5)

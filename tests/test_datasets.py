@@ -333,3 +333,38 @@ def test_train_augments_on_the_device(cache, tmp_path, caplog):
 
     assert "augmenting training batches on cpu" in caplog.text
     assert augmented.rows[0]["train_loss"] != plain.rows[0]["train_loss"]
+
+
+def test_resume_with_workers_equals_uninterrupted(cache, tmp_path, monkeypatch):
+    from ichlab import training
+    from ichlab.checkpoints import load_checkpoint
+    from ichlab.models import build_model
+
+    def run(run_dir, workers, crash_in_epoch=None, resume=False):
+        config = augmenting_config()
+        config.train.epochs = 2
+        config.train.device = "cpu"
+        config.data.num_workers = workers
+        original, epochs_started = training.train_one_epoch, []
+
+        def crash_in_given_epoch(*args, **kwargs):
+            epochs_started.append(1)
+            if len(epochs_started) == crash_in_epoch:
+                raise RuntimeError("simulated crash")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(training, "train_one_epoch", crash_in_given_epoch)
+        torch.manual_seed(0)
+        training.train(build_model("2d"), make_loaders(cache, "2d", config), config, run_dir, resume=resume, progress=False)
+        return load_checkpoint(run_dir / "last.pt")
+
+    uninterrupted = run(tmp_path / "uninterrupted", workers=2)
+    in_process = run(tmp_path / "in-process", workers=0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "resumed", workers=2, crash_in_epoch=2)
+    resumed = run(tmp_path / "resumed", workers=2, resume=True)
+
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+        assert torch.equal(in_process["model"][name], tensor), name
+    assert [row["val_loss"] for row in resumed["history"]] == [row["val_loss"] for row in uninterrupted["history"]]
