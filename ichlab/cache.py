@@ -69,13 +69,25 @@ class SliceCache:
             partial = _partial_dir(self.path)
             hint = f"; an unfinished build is in {partial}: run the build again to resume it" if partial.is_dir() else ""
             raise CacheError(f"no finished cache in {self.path} ({MANIFEST_FILE} is missing){hint}")
-        self.settings = json.loads(manifest_path.read_text())
-        if self.settings.get("version") != CACHE_VERSION:
-            raise CacheError(f"{self.path} contains cache version {self.settings.get('version')}, expected {CACHE_VERSION}; delete the folder and build it again")
-        self.index = read_index(self.path / INDEX_FILE)
-        self.skipped = pd.read_csv(self.path / SKIPPED_FILE, dtype=str, keep_default_na=False)
-        self._hu = None
-        self._masks = None
+        rebuild = f"delete the folder {self.path} and run `ichlab prepare` (or build_cache) again"
+        reading = manifest_path
+        try:
+            self.settings = json.loads(manifest_path.read_text())
+            if self.settings.get("version") != CACHE_VERSION:
+                raise CacheError(f"{self.path} contains cache version {self.settings.get('version')}, expected {CACHE_VERSION}; {rebuild}")
+            reading = self.path / INDEX_FILE
+            self.index = read_index(reading)
+            reading = self.path / SKIPPED_FILE
+            self.skipped = pd.read_csv(reading, dtype=str, keep_default_na=False)
+            size = int(self.settings["image_size"])
+            reading = self.path / HU_FILE
+            self._hu = _open_array(reading, (len(self.index), size, size), np.int16)
+            reading = self.path / MASK_FILE
+            self._masks = _open_array(reading, (len(self.index), len(SUBTYPES), size, size), np.uint8) if reading.is_file() else None
+        except CacheError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise CacheError(f"{reading} is damaged or missing ({type(error).__name__}: {error}); {rebuild}") from error
         self._series_start, self._series_length = _series_runs(self.index["series_uid"].to_numpy())
 
     @classmethod
@@ -91,15 +103,11 @@ class SliceCache:
     @property
     def hu(self) -> np.ndarray:
         """(N, S, S) int16 HU, memory-mapped read-only."""
-        if self._hu is None:
-            self._hu = np.load(self.path / HU_FILE, mmap_mode="r")
         return self._hu
 
     @property
     def masks(self) -> np.ndarray | None:
         """(N, 5, S, S) uint8 lesion masks (1 inside), memory-mapped; None without masks."""
-        if self._masks is None and (self.path / MASK_FILE).is_file():
-            self._masks = np.load(self.path / MASK_FILE, mmap_mode="r")
         return self._masks
 
     @property
@@ -166,6 +174,14 @@ def read_index(path: Path) -> pd.DataFrame:
         index[column] = index[column].astype("int64")
     index["has_mask"] = index["has_mask"].astype(str).str.lower().eq("true")
     return index[list(INDEX_COLUMNS)]
+
+
+def _open_array(path: Path, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Memory-map a cache array read-only and check its shape and type against the index."""
+    array = np.load(path, mmap_mode="r")
+    if array.shape != shape or array.dtype != dtype:
+        raise ValueError(f"expected {np.dtype(dtype).name} {shape}, found {array.dtype.name} {array.shape}")
+    return array
 
 
 def _series_runs(series_uids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from ichlab import SUBTYPES
 from ichlab.cache import (
     BUILD_FILE,
     CACHE_VERSION,
+    CacheError,
     FAILURES_FILE,
     HAS_MASK_FILE,
     HU_FILE,
@@ -117,9 +118,14 @@ def build_cache(
         if existing.get("index_key") != index_key or existing.get("request") != request:
             logger.info("cache in %s has the same pixels but new labels or splits; rewriting its index", cache_dir)
             _rewrite_index(cache_dir, table, existing, index_key, request)
+        try:
+            cache = SliceCache.open(cache_dir)
+        except CacheError as error:
+            logger.warning("building the cache again, because the finished one cannot be opened: %s", error)
+            shutil.rmtree(cache_dir)
         else:
             logger.info("reusing the cache in %s", cache_dir)
-        return SliceCache.open(cache_dir)
+            return cache
 
     partial = _partial_dir(cache_dir)
     n = len(table)

@@ -327,3 +327,45 @@ def test_prepare_data_generated_with_masks(tmp_path):
     assert labels.sum() > 0
     # Most labelled slices keep their lesion at 32 px; a lesion of a few pixels can vanish when halved.
     assert (lesion_area[labels == 1] > 0).mean() > 0.8
+
+
+@pytest.fixture(scope="module")
+def finished_cache(kaggle_folder, tmp_path_factory) -> Path:
+    table, skipped = slice_table(kaggle_folder)
+    return build_cache(table, tmp_path_factory.mktemp("finished") / "cache", 16, skipped=skipped, progress=False).path
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "damage"),
+    [
+        ("hu.npy", lambda path: _truncate(path, 0)),
+        ("hu.npy", lambda path: _truncate(path, 1000)),
+        ("hu.npy", lambda path: path.unlink()),
+        ("manifest.json", lambda path: path.write_text("{not json")),
+        ("index.csv", lambda path: _truncate(path, 300)),
+        ("index.csv", lambda path: path.unlink()),
+    ],
+)
+def test_damaged_cache_names_file(finished_cache, tmp_path, file_name, damage):
+    copy = tmp_path / "cache"
+    shutil.copytree(finished_cache, copy)
+    damage(copy / file_name)
+    with pytest.raises(CacheError, match=rf"{file_name} is damaged or missing .*delete the folder .*ichlab prepare"):
+        SliceCache.open(copy)
+
+
+def test_build_replaces_damaged_cache(kaggle_folder, tmp_path, caplog):
+    table, skipped = slice_table(kaggle_folder)
+    first = build_cache(table, tmp_path / "cache", 16, skipped=skipped, progress=False)
+    expected = np.array(first.hu)
+    _truncate(first.path / "hu.npy", 0)
+
+    with caplog.at_level(logging.WARNING, logger="ichlab.cache_build"):
+        rebuilt = build_cache(table, tmp_path / "cache", 16, skipped=skipped, progress=False)
+    assert "building the cache again" in caplog.text
+    np.testing.assert_array_equal(rebuilt.hu, expected)
