@@ -64,15 +64,29 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} not found; train the model first or check the run folder")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), str(error))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
         raise ValueError(
-            f"checkpoint {path} could not be read with weights_only=True ({reason}); it is damaged or "
+            f"checkpoint {path} could not be read with weights_only=True ({_short_reason(error)}); it is damaged or "
             f"was not written by ichlab. Delete it and train again, or resume from {LAST_NAME}."
         ) from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"checkpoint {path} has no 'model' entry, so it was not written by ichlab.training")
     return checkpoint
+
+
+def _short_reason(error: BaseException) -> str:
+    """Return the telling line of a ``torch.load`` failure, prefixed with the exception type.
+
+    torch's weights-only messages run to several paragraphs (and suggest ``weights_only=False``,
+    which would run code from the file); a file of random bytes can fail with a bare KeyError,
+    an empty one with no message at all.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+    telling = telling.removeprefix("WeightsUnpickler error: ").split(". ")[0]  # the first sentence
+    if len(telling) > 200:
+        telling = telling[:200] + "..."
+    return f"{type(error).__name__}: {telling}" if telling else type(error).__name__
 
 
 def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:

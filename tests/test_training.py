@@ -246,6 +246,19 @@ def test_load_model_without_build_settings(tmp_path):
         load_model(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"junk\n", "KeyError"), (b"", "EOFError"), (bytes(range(256)) * 20, "UnpicklingError")],
+)
+def test_load_checkpoint_rejects_damaged_file(tmp_path, content, reason):
+    path = tmp_path / "best.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"best.pt could not be read with weights_only=True \({reason}") as error:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(error.value)
+    assert len(str(error.value)) < 400
+
+
 def test_load_checkpoint_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         load_checkpoint(tmp_path / "absent.pt")
