@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AIR_HU", "DECODER_PACKAGES", "DicomError", "EXTRA_HEADER_COLUMNS", "HEADER_COLUMNS",
-    "HeaderScan", "check_ct_image", "interpret_stored_values", "load_hu", "read_dataset",
+    "HeaderScan", "check_ct_image", "check_is_dicom", "ct_slice_dataset", "interpret_stored_values", "load_hu", "read_dataset",
     "read_header_row", "read_rescale", "read_window_tags", "rescale_tags_missing",
     "scan_headers", "write_ct_slice",
 ]
@@ -220,10 +220,27 @@ def _check_pixel_bytes(ds: Dataset, label: str) -> None:
         )
 
 
+# The uncompressed transfer syntax of each (implicit VR, little endian) encoding pydicom detects.
+_NATIVE_SYNTAXES = {
+    (True, True): pydicom.uid.ImplicitVRLittleEndian,
+    (False, True): pydicom.uid.ExplicitVRLittleEndian,
+    (False, False): pydicom.uid.ExplicitVRBigEndian,
+}
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # first bytes of encapsulated (compressed) pixel data
+
+
 def _transfer_syntax(ds: Dataset, label: str) -> UID:
     file_meta = getattr(ds, "file_meta", None)
     syntax = None if file_meta is None else file_meta.get("TransferSyntaxUID")
     if not syntax:
+        # Some anonymised exports drop the file meta group. When pydicom read the file, it
+        # detected the encoding, and uncompressed pixel data then decodes with that syntax.
+        syntax = _NATIVE_SYNTAXES.get(tuple(getattr(ds, "original_encoding", (None, None))))
+        if syntax is not None and "PixelData" in ds and bytes(ds.PixelData[:4]) != _ITEM_TAG:
+            if file_meta is None:
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = syntax
+            return UID(syntax)
         raise DicomError(
             f"{label}: TransferSyntaxUID is missing from the file meta information, so the pixel "
             "data cannot be decoded; set ds.file_meta.TransferSyntaxUID or rewrite the file with pydicom"
@@ -238,7 +255,9 @@ def _decode(ds: Dataset, label: str) -> np.ndarray:
     except Exception as error:  # decoder plugins raise RuntimeError, ValueError, OSError, ...
         package = DECODER_PACKAGES.get(str(syntax))
         text = str(error)
-        if package and ("plugin" in text.lower() or "decoder" in text.lower()):
+        # pydicom says "missing dependencies" when no installed plugin can decode the syntax;
+        # when plugins ran and failed, the pixel data itself is damaged.
+        if package and "missing dependencies" in text:
             raise DicomError(
                 f"{label}: no usable decoder for {syntax.name}; install it with `pip install {package}`"
             ) from error

@@ -109,7 +109,10 @@ def _header_values(ds: Dataset) -> dict[str, object]:
     # benchmarks/dicom_io.py, so the raw bytes of these few elements are decoded directly.
     # Numbers stay text here and are parsed by the caller.
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    little_endian = True if syntax is None else UID(syntax).is_little_endian
+    if syntax is not None:
+        little_endian = UID(syntax).is_little_endian
+    else:  # no file meta: the byte order pydicom detected while reading, little endian if unknown
+        little_endian = getattr(ds, "original_encoding", (None, None))[1] is not False
     header: dict[str, object] = dict.fromkeys(HEADER_KEYWORDS)
     for tag, keyword in _HEADER_TAGS.items():
         element = ds.get_item(tag)  # raw, not converted

@@ -74,13 +74,22 @@ def read_series(folder: Path, image_size: int, *, pattern: str = "*.dcm") -> tup
         )
 
     ordered = series.order_slices(headers).reset_index(drop=True)
-    _warn_about_spacing(folder, series.series_report(ordered))
-    slices = []
-    for _, row in ordered.iterrows():
-        hu = dicom.load_hu(row["file"])
+    slices, unreadable = [], []
+    for position, row in ordered.iterrows():
+        try:
+            hu = dicom.load_hu(row["file"])
+        except dicom.DicomError as error:  # the header read, the pixel data did not
+            logger.warning("skipped %s: %s", row["file"], error)
+            unreadable.append(position)
+            continue
         slices.append(geometry.to_square(hu, image_size, pixel_spacing=row["pixel_spacing"]))
+    if not slices:
+        raise ValueError(f"{folder}: no slice's pixel data could be decoded; the warnings above give each file's reason")
+    ordered = ordered.drop(index=unreadable).reset_index(drop=True)
+    ordered["slice_index"] = np.arange(len(ordered), dtype=np.int64)  # positions in the series read
+    _warn_about_spacing(folder, series.series_report(ordered))
     hu_stack = np.stack(slices).astype(np.float32)  # (N, S, S)
-    return ordered, hu_stack, len(scan.skipped)
+    return ordered, hu_stack, len(scan.skipped) + len(unreadable)
 
 
 def _warn_about_spacing(folder: Path, report: pd.DataFrame) -> None:

@@ -245,6 +245,18 @@ def test_dicom_without_preamble_still_reads(tmp_path):
     assert load_hu(path).shape == (128, 128)
 
 
+@pytest.mark.parametrize(("implicit_vr", "little_endian"), [(True, True), (False, True), (False, False)])
+def test_dicom_without_file_meta_decodes(tmp_path, implicit_vr, little_endian):
+    ds = make_ct([[0, 40, 1064]], little_endian=little_endian)  # PixelData bytes in the file's byte order
+    del ds.file_meta
+    ds.preamble = None
+    path = tmp_path / "no_meta.dcm"
+    ds.save_as(path, implicit_vr=implicit_vr, little_endian=little_endian, enforce_file_format=False)
+
+    assert load_hu(path).tolist() == [[-1024.0, -984.0, 40.0]]
+    assert scan_headers(tmp_path, progress=False).headers["image_id"].tolist() == ["no_meta"]
+
+
 def test_jpeg2000_ct_matches_uncompressed():
     compressed = load_hu(get_testdata_file("693_J2KR.dcm", download=False))
     uncompressed = load_hu(get_testdata_file("693_UNCR.dcm", download=False))

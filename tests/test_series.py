@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -207,3 +208,42 @@ def test_real_tilted_series_with_shuffled_names(real_ct_series, tmp_path):
     # The z coordinate would give the wrong spacings: 4.22, 1.14 and 7.38 mm.
     z_steps = np.round(np.diff([position[2] for position in ordered["position"]]), 2)
     assert sorted(set(z_steps.tolist())) == [1.14, 4.22, 7.38]
+
+
+def _write_series_with_damaged_slice(folder, damaged=2, n_slices=4):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    from ichlab.dicom import ct_slice_dataset
+
+    folder.mkdir()
+    for index in range(n_slices):
+        ds = ct_slice_dataset(np.full((8, 8), 1064), position=(0.0, 0.0, 5.0 * index), sop_uid=f"1.2.826.0.9.{index}")
+        if index == damaged:  # a valid header over compressed pixel data that no decoder can read
+            ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+            ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG stream \xff\xd9"])
+            ds["PixelData"].VR = "OB"
+        ds.save_as(folder / f"{index}.dcm", enforce_file_format=True)
+
+
+def test_damaged_pixel_data_is_not_a_missing_decoder(tmp_path):
+    from ichlab.dicom import DicomError, load_hu
+
+    _write_series_with_damaged_slice(tmp_path / "series")
+    with pytest.raises(DicomError, match="2.dcm: pixel data could not be decoded") as error:
+        load_hu(tmp_path / "series" / "2.dcm")
+    assert "pip install" not in str(error.value)
+
+
+def test_read_series_skips_undecodable_slice(tmp_path, caplog):
+    from ichlab.inference import read_series
+
+    _write_series_with_damaged_slice(tmp_path / "series")
+    ordered, hu, n_skipped = read_series(tmp_path / "series", 16)
+
+    assert [Path(name).name for name in ordered["file"]] == ["0.dcm", "1.dcm", "3.dcm"]
+    assert ordered["slice_index"].tolist() == [0, 1, 2]
+    assert hu.shape == (3, 16, 16)
+    assert n_skipped == 1
+    assert "skipped" in caplog.text
+    assert "2.dcm" in caplog.text
