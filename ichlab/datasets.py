@@ -103,6 +103,12 @@ def window_batch(hu: torch.Tensor, input_kind: str) -> torch.Tensor:
         float32 in [0, 1]: (B, 3, H, W), (B, 3K, H, W) or (B, K, 3, H, W). The values equal
         those of :func:`ichlab.windows.stack_windows`.
     """
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
+    if hu.ndim != 4:
+        raise ValueError(f"expected an HU batch shaped (B, K, H, W), got shape {tuple(hu.shape)}")
+    if input_kind == "2d" and hu.shape[1] != 1:
+        raise ValueError(f"a 2d batch has one slice per sample, got K = {hu.shape[1]}; use input_kind '2.5d' or 'sequence'")
     if hu.device.type != "cpu":
         windows = stack_windows(hu.float(), CHANNEL_ORDER)  # (B, K, 3, H, W)
         return _shape_for(windows, input_kind)

@@ -368,3 +368,12 @@ def test_resume_with_workers_equals_uninterrupted(cache, tmp_path, monkeypatch):
         assert torch.equal(resumed["model"][name], tensor), name
         assert torch.equal(in_process["model"][name], tensor), name
     assert [row["val_loss"] for row in resumed["history"]] == [row["val_loss"] for row in uninterrupted["history"]]
+
+
+@pytest.mark.parametrize(
+    ("shape", "input_kind", "message"),
+    [((2, 3, 4, 4), "2d", "one slice per sample"), ((2, 3, 4, 4), "3d", "input_kind must be one of"), ((3, 4, 4), "2.5d", r"\(B, K, H, W\)")],
+)
+def test_window_batch_rejects_mismatch(shape, input_kind, message):
+    with pytest.raises(ValueError, match=message):
+        window_batch(torch.zeros(shape, dtype=torch.int16), input_kind)
