@@ -77,9 +77,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _short_reason(error: BaseException) -> str:
     """Return the telling line of a ``torch.load`` failure, prefixed with the exception type.
 
-    torch's weights-only messages run to several paragraphs (and suggest ``weights_only=False``,
-    which would run code from the file); a file of random bytes can fail with a bare KeyError,
-    an empty one with no message at all.
+    torch's weights-only messages run to several paragraphs and suggest ``weights_only=False``,
+    which would run code from the file. A file of random bytes can fail with a bare KeyError,
+    and an empty one with no message at all.
     """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     telling = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")

@@ -255,8 +255,8 @@ def _decode(ds: Dataset, label: str) -> np.ndarray:
     except Exception as error:  # decoder plugins raise RuntimeError, ValueError, OSError, ...
         package = DECODER_PACKAGES.get(str(syntax))
         text = str(error)
-        # pydicom says "missing dependencies" when no installed plugin can decode the syntax;
-        # when plugins ran and failed, the pixel data itself is damaged.
+        # pydicom's message contains "missing dependencies" when no installed plugin can decode
+        # the syntax. When plugins ran and failed, the pixel data itself is damaged.
         if package and "missing dependencies" in text:
             raise DicomError(
                 f"{label}: no usable decoder for {syntax.name}; install it with `pip install {package}`"

@@ -182,7 +182,7 @@ def test_predict_replaces_earlier_outputs(quick_run, real_ct_series, tmp_path):
 def test_prepare_rsna_source_needs_data_folder():
     result = run_ichlab("prepare", "--source", "rsna", "--mode", "quick")
     assert result.returncode == 2
-    assert "--source rsna needs --data" in result.stdout
+    assert "--source rsna needs --data" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -211,3 +211,18 @@ def test_help_hides_empty_defaults():
     assert "(default: None)" not in text
     assert "(default: False)" not in text
     assert "(default: 16)" in text  # --chunk-size keeps its real default
+
+
+def test_scan_without_ct_fails_on_stderr(tmp_path):
+    (tmp_path / "notes.dcm").write_text("not a DICOM file")
+    result = run_ichlab("scan", str(tmp_path), "--no-progress")
+    assert result.returncode == 2
+    assert "error: no readable CT slices" in result.stderr
+    assert "notes.dcm: not a DICOM file" in result.stdout
+
+
+def test_verbose_shows_traceback_of_command_error(tmp_path):
+    result = run_ichlab("-v", "prepare", "--source", "rsna", "--mode", "quick")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "--source rsna needs --data" in result.stderr

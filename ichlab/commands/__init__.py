@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,3 +45,14 @@ def odd_positive_int(text: str) -> int:
     if value % 2 == 0:
         raise argparse.ArgumentTypeError(f"{value} is even; pass an odd number such as 3, 5 or 7")
     return value
+
+
+def report_error(error: BaseException, args: argparse.Namespace, status: int = 2) -> int:
+    """Print a user's error as ``error: ...`` on stderr and return ``status``.
+
+    Under ``ichlab -v`` the error is raised again, so that its traceback shows.
+    """
+    if getattr(args, "verbose", False):
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    return status

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ichlab.commands import HelpFormatter, non_negative_int, positive_int
+from ichlab.commands import HelpFormatter, non_negative_int, positive_int, report_error
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +227,7 @@ def run(args) -> int:
     try:
         device = select_device(settings.device)
     except ValueError as error:
-        print(f"error: {error}")
-        return 2
+        return report_error(error, args)
 
     tables = run_benchmarks(settings)
     precision = "mixed precision" if device.type == "cuda" and settings.amp else "float32"

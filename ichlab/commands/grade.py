@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ichlab.commands import HelpFormatter, positive_int
+from ichlab.commands import HelpFormatter, positive_int, report_error
 
 
 def add_parser(subparsers) -> None:
@@ -87,8 +87,7 @@ def run(args) -> int:
             name_pattern=args.name_pattern or grading.DEFAULT_NAME_PATTERN,
         )
     except grading.GradingError as error:
-        print(f"error: {error}")
-        return 1
+        return report_error(error, args, status=1)
 
     summary = report.scores.groupby("assignment")["score"].agg(["count", "mean", "min", "max"])
     print(summary.to_string(float_format=lambda value: f"{value:.1f}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ichlab.commands import HelpFormatter, positive_int
+from ichlab.commands import HelpFormatter, positive_int, report_error
 
 
 def add_parser(subparsers) -> None:
@@ -60,8 +60,7 @@ def run(args) -> int:
     if quirks is not None:
         unknown = sorted(set(quirks) - set(QUIRK_NAMES))
         if unknown:
-            print(f"error: unknown quirk {', '.join(unknown)}; choose from {', '.join(QUIRK_NAMES)}")
-            return 2
+            return report_error(ValueError(f"unknown quirk {', '.join(unknown)}; choose from {', '.join(QUIRK_NAMES)}"), args)
         quirks = list(quirks) if quirks else True
 
     root = generate_dataset(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ichlab.commands import non_negative_int, positive_int
+from ichlab.commands import non_negative_int, positive_int, report_error
 
 
 def add_parser(subparsers) -> None:
@@ -40,8 +40,7 @@ def run(args) -> int:
     source = args.source or ("rsna" if args.data is not None else None)
     if source == "rsna" and args.data is None and config.data.source != "rsna":
         # Without this check the mode's generated folder would be read as if it were RSNA data.
-        print("error: --source rsna needs --data FOLDER (the Kaggle download), or ICHLAB_MODE=full with ICHLAB_RSNA_ROOT set")
-        return 2
+        return report_error(ValueError("--source rsna needs --data FOLDER (the Kaggle download), or ICHLAB_MODE=full with ICHLAB_RSNA_ROOT set"), args)
     config = with_data_overrides(
         config,
         root=args.data,
@@ -54,8 +53,7 @@ def run(args) -> int:
     try:
         cache = prepare_data(config, progress=not args.no_progress, num_workers=args.workers)
     except (OSError, ValueError) as error:
-        print(f"error: {error}")
-        return 2
+        return report_error(error, args)
 
     hu_bytes = cache.hu.nbytes + (cache.masks.nbytes if cache.masks is not None else 0)
     print(f"cache: {cache.path} ({hu_bytes / 2**30:.2f} GiB, {cache.image_size} px)")

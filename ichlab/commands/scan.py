@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ichlab.commands import HelpFormatter, positive_int
+from ichlab.commands import HelpFormatter, positive_int, report_error
 
 # Skipped files printed one per line; the rest are counted.
 MAX_LISTED_SKIPPED = 20
@@ -71,6 +71,5 @@ def run(args) -> int:
             print(f"  ... and {len(scan.skipped) - MAX_LISTED_SKIPPED} more")
 
     if not len(headers):
-        print("no readable CT slices found; check the folder and --pattern")
-        return 1
+        return report_error(ValueError(f"no readable CT slices in {args.folder} match {args.pattern!r}; check the folder and --pattern"), args)
     return 0

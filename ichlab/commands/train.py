@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ichlab.commands import HelpFormatter, non_negative_int, odd_positive_int, positive_int
+from ichlab.commands import HelpFormatter, non_negative_int, odd_positive_int, positive_int, report_error
 
 
 def add_parser(subparsers) -> None:
@@ -68,8 +68,7 @@ def run(args) -> int:
     from ichlab.training import make_loaders_for, train
 
     if args.arch != "lstm" and (args.series_mode or args.bidirectional):
-        print("error: --series-mode and --bidirectional apply to --arch lstm only")
-        return 2
+        return report_error(ValueError("--series-mode and --bidirectional apply to --arch lstm only"), args)
 
     config = get_config(args.mode)
     config = with_data_overrides(
@@ -106,9 +105,8 @@ def run(args) -> int:
         model = build_model(args.arch, **model_kwargs(config), series_mode=args.series_mode, bidirectional=args.bidirectional)
         loaders = make_loaders_for(model, cache, config, chunk_size=args.chunk_size)
         history = train(model, loaders, config, run_dir, resume=args.resume, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, PretrainedWeightsError) as error:
-        print(f"error: {error}")
-        return 2
+    except (OSError, ValueError, PretrainedWeightsError) as error:
+        return report_error(error, args)
     finally:
         if group.distributed:
             torch.distributed.destroy_process_group()
