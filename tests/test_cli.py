@@ -157,7 +157,7 @@ def test_user_error_prints_message_not_traceback(tmp_path):
 def test_reproduce_rejects_zero_epochs(tmp_path):
     result = run_ichlab("reproduce", "--epochs", "0", "--out", str(tmp_path / "run"))
     assert result.returncode == 2
-    assert "--epochs 0 is invalid" in result.stderr
+    assert "argument --epochs: 0 is invalid" in result.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -193,6 +193,11 @@ def test_prepare_rsna_source_needs_data_folder():
         (["train", "--arch", "2d", "--batch-size", "many"], "argument --batch-size: 'many' is not a whole number"),
         (["prepare", "--workers", "-1"], "argument --workers: -1 is invalid; pass 0 or more"),
         (["bench", "--sizes", "128", "0"], "argument --sizes: 0 is invalid; pass 1 or more"),
+        (["phantom", "--out", "x", "--patients", "1", "--size", "3"], "argument --size: 3 is invalid; pass 16 or more"),
+        (["reproduce", "--seed", "-1"], "argument --seed: -1 is invalid; pass a number from 0 to 4294967295"),
+        (["train", "--arch", "2d", "--lr", "nan"], "argument --lr: nan is invalid; pass a positive number"),
+        (["train", "--arch", "2d", "--image-size", "20000"], "argument --image-size: 20000 is invalid; pass a number from 16 to 1024"),
+        (["train", "--arch", "lstm", "--chunk-size", "100000"], "argument --chunk-size: 100000 is invalid"),
     ],
 )
 def test_invalid_number_names_option(arguments, message, capsys):
@@ -226,3 +231,10 @@ def test_verbose_shows_traceback_of_command_error(tmp_path):
     assert result.returncode != 0
     assert "Traceback" in result.stderr
     assert "--source rsna needs --data" in result.stderr
+
+
+def test_phantom_rejects_reversed_slice_range(tmp_path):
+    result = run_ichlab("phantom", "--out", str(tmp_path / "data"), "--patients", "1", "--slices", "10", "3")
+    assert result.returncode == 2
+    assert "--slices 10 3: MIN is above MAX" in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -19,31 +20,50 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _integer(text: str, minimum: int, expected: str) -> int:
+def _integer(text: str, minimum: int, maximum: int | None, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; pass {expected}") from None
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
         raise argparse.ArgumentTypeError(f"{value} is invalid; pass {expected}")
     return value
 
 
-def positive_int(text: str) -> int:
-    """Parse an option value of 1 or more (an argparse ``type``)."""
-    return _integer(text, 1, "1 or more")
+def int_in_range(minimum: int, maximum: int | None = None):
+    """Return an argparse ``type`` that accepts whole numbers from ``minimum`` to ``maximum``."""
+    expected = f"{minimum} or more" if maximum is None else f"a number from {minimum} to {maximum}"
+
+    def parse(text: str) -> int:
+        return _integer(text, minimum, maximum, expected)
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """Parse an option value of 0 or more (an argparse ``type``)."""
-    return _integer(text, 0, "0 or more")
+positive_int = int_in_range(1)
+non_negative_int = int_in_range(0)
+# Seeds reach numpy, which accepts 0 to 2**32 - 1.
+seed_int = int_in_range(0, 2**32 - 1)
+# Model input sizes: the phantom generator needs 16 px, and RSNA slices are 512 px.
+image_size_int = int_in_range(16, 1024)
 
 
 def odd_positive_int(text: str) -> int:
     """Parse an odd option value of 1 or more, such as the slices of a context window (an argparse ``type``)."""
-    value = _integer(text, 1, "an odd number such as 3, 5 or 7")
+    value = _integer(text, 1, None, "an odd number such as 3, 5 or 7")
     if value % 2 == 0:
         raise argparse.ArgumentTypeError(f"{value} is even; pass an odd number such as 3, 5 or 7")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Parse a finite option value above 0, such as a learning rate (an argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass a positive number such as 3e-4") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; pass a positive number such as 3e-4")
     return value
 
 

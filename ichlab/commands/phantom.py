@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ichlab.commands import HelpFormatter, positive_int, report_error
+from ichlab.commands import HelpFormatter, int_in_range, positive_int, report_error, seed_int
 
 
 def add_parser(subparsers) -> None:
@@ -21,11 +21,11 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     parser.add_argument("--patients", type=positive_int, required=True, help="number of patients (one series each)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same arguments give identical files")
-    parser.add_argument("--size", type=positive_int, default=512, help="pixels per side of a slice without size quirks")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed; the same arguments give identical files")
+    parser.add_argument("--size", type=int_in_range(16), default=512, help="pixels per side of a slice without size quirks")
     parser.add_argument(
         "--slices",
-        type=int,
+        type=positive_int,
         nargs=2,
         default=(20, 40),
         metavar=("MIN", "MAX"),
@@ -56,6 +56,9 @@ def run(args) -> int:
     from ichlab.phantom import generate_dataset
     from ichlab.phantom.quirks import QUIRK_NAMES
 
+    low, high = args.slices
+    if low > high:
+        return report_error(ValueError(f"--slices {low} {high}: MIN is above MAX; pass the smaller number first"), args)
     quirks = args.quirks
     if quirks is not None:
         unknown = sorted(set(quirks) - set(QUIRK_NAMES))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ichlab.commands import non_negative_int, positive_int, report_error
+from ichlab.commands import image_size_int, non_negative_int, positive_int, report_error, seed_int
 
 
 def add_parser(subparsers) -> None:
@@ -24,8 +24,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--source", choices=("generated", "rsna"), default=None, help="kind of data in --data (default: rsna when --data is given, else the mode's)")
     parser.add_argument("--subset", type=positive_int, default=None, metavar="N", help="number of patients to keep (RSNA) or to generate")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder to write (default: the mode's cache folder)")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="pixels per side of cached slices")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the subset and the split")
+    parser.add_argument("--image-size", type=image_size_int, default=None, help="pixels per side of cached slices")
+    parser.add_argument("--seed", type=seed_int, default=None, help="seed of the subset and the split")
     parser.add_argument("--workers", type=non_negative_int, default=None, help="processes decoding DICOM (default: the mode's num_workers)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
+from ichlab.commands import image_size_int, non_negative_int, positive_int, report_error, seed_int
 from ichlab.config import MODES
 
 
@@ -23,12 +23,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mode", choices=MODES, default=None, help="quick, demo or full (default: ICHLAB_MODE, else demo)")
     parser.add_argument("--data", type=Path, default=None, help="an RSNA-layout folder (stage_2_train/ and stage_2_train.csv) to use instead of generated data")
     parser.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<mode>-seed<seed>)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data generator, the split and training (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the data generator, the split and training (default: 0)")
     parser.add_argument("--archs", nargs="+", choices=("2d", "2.5d", "lstm"), default=["2d", "2.5d", "lstm"], help="paths to train (default: all three)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the mode's number of training epochs")
-    parser.add_argument("--patients", type=int, default=None, help="override the mode's number of generated patients")
-    parser.add_argument("--image-size", type=int, default=None, help="override the mode's model input size in pixels")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap replicates for the confidence intervals (default: 1000)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the mode's number of training epochs")
+    parser.add_argument("--patients", type=positive_int, default=None, help="override the mode's number of generated patients")
+    parser.add_argument("--image-size", type=image_size_int, default=None, help="override the mode's model input size in pixels")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=1000, help="patient-bootstrap replicates for the confidence intervals (default: 1000)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars (for logs)")
     parser.set_defaults(run=run)
 
@@ -36,14 +36,6 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ichlab import pipeline
     from ichlab.config import data_home, get_config
-
-    for option, value in (("--epochs", args.epochs), ("--patients", args.patients), ("--image-size", args.image_size)):
-        if value is not None and value < 1:
-            print(f"error: {option} {value} is invalid; pass a positive number", file=sys.stderr)
-            return 2
-    if args.bootstrap < 0:
-        print(f"error: --bootstrap {args.bootstrap} is invalid; pass 0 or more replicates", file=sys.stderr)
-        return 2
 
     config = get_config(args.mode)
     defaults = (config.data.n_patients, config.data.seed, config.data.image_size)
@@ -57,8 +49,7 @@ def run(args) -> int:
         config.data.image_size = args.image_size
     if args.data is not None:
         if not args.data.is_dir():
-            print(f"error: --data {args.data} is not a folder; pass the folder that contains stage_2_train/", file=sys.stderr)
-            return 2
+            return report_error(ValueError(f"--data {args.data} is not a folder; pass the folder that contains stage_2_train/"), args)
         from ichlab.rsna import find_layout
 
         find_layout(args.data)  # raises before any run folder is written when the layout is wrong

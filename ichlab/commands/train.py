@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ichlab.commands import HelpFormatter, non_negative_int, odd_positive_int, positive_int, report_error
+from ichlab.commands import HelpFormatter, image_size_int, int_in_range, non_negative_int, odd_positive_int, positive_float, positive_int, report_error, seed_int
 
 
 def add_parser(subparsers) -> None:
@@ -27,17 +27,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--run-dir", type=Path, default=None, help="folder for checkpoints and history (default: RUNS/<arch>, with the LSTM options in the name)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="maximum number of epochs")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="samples per batch and process (slices, for series chunks)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate of AdamW")
+    parser.add_argument("--lr", type=positive_float, default=None, help="peak learning rate of AdamW")
     parser.add_argument("--patience", type=positive_int, default=None, help="epochs without a lower validation loss before stopping")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="pixels per side of the model input (builds a cache of that size)")
+    parser.add_argument("--image-size", type=image_size_int, default=None, help="pixels per side of the model input (builds a cache of that size)")
     parser.add_argument("--context-slices", type=odd_positive_int, default=None, help="K, odd: slices per 2.5D or LSTM window (3, 5, 7)")
     parser.add_argument("--series-mode", action="store_true", help="LSTM: train on chunks of consecutive slices, embedding each slice once")
-    parser.add_argument("--chunk-size", type=positive_int, default=16, help="LSTM series mode: labelled slices per chunk")
+    parser.add_argument("--chunk-size", type=int_in_range(1, 512), default=16, help="LSTM series mode: labelled slices per chunk, at most 512; memory grows with it, since short series are padded to it")
     parser.add_argument("--bidirectional", action="store_true", help="LSTM: a bidirectional LSTM (over the whole chunk in series mode)")
     parser.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (hub, --weights or ICHLAB_WEIGHTS)")
     parser.add_argument("--weights", type=Path, default=None, help="local timm ImageNet weights file (.pth or .safetensors); implies --pretrained")
     parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default=None, help="training device")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the initial weights and the shuffling")
+    parser.add_argument("--seed", type=seed_int, default=None, help="seed of the initial weights and the shuffling")
     parser.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader worker processes")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt when it exists")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
