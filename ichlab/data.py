@@ -8,6 +8,7 @@ built for the same settings is returned at once, without scanning anything.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import replace
@@ -167,6 +168,29 @@ def _scan(dicom_dir: Path, cache_dir: Path, progress: bool) -> tuple[pd.DataFram
 
 
 def with_data_overrides(config, **changes):
-    """Return a copy of ``config`` with some ``config.data`` fields replaced (CLI overrides)."""
+    """Return a copy of ``config`` with some ``config.data`` fields replaced (CLI overrides).
+
+    Changed settings get their own folders, named after them, so that the mode's folders,
+    which the notebooks share, are never overwritten. Generated data with another number of
+    patients or seed goes to ``<mode>-p<N>-seed<S>`` (data and cache); an RSNA folder other
+    than the mode's is cached in ``<mode>-rsna-<digest of its path>``; another image size adds
+    ``-<size>px`` to the cache folder. A ``root`` or ``cache_dir`` passed here is kept as given.
+    None values are ignored.
+    """
     changes = {key: value for key, value in changes.items() if value is not None}
-    return replace(config, data=replace(config.data, **changes))
+    mode_data = config.data
+    data = replace(mode_data, **changes)
+    cache_dir = Path(data.cache_dir)
+    if data.source == "generated" and (data.n_patients, data.seed) != (mode_data.n_patients, mode_data.seed):
+        name = f"{config.mode}-p{data.n_patients}-seed{data.seed}"
+        if "root" not in changes:
+            data.root = Path(data.root).with_name(name)
+        cache_dir = cache_dir.with_name(name)
+    elif data.source == "rsna" and Path(data.root) != Path(mode_data.root):
+        digest = hashlib.sha1(str(Path(data.root).resolve()).encode()).hexdigest()[:8]
+        cache_dir = cache_dir.with_name(f"{config.mode}-rsna-{digest}")
+    if data.image_size != mode_data.image_size:
+        cache_dir = cache_dir.with_name(f"{cache_dir.name}-{data.image_size}px")
+    if "cache_dir" not in changes:
+        data.cache_dir = cache_dir
+    return replace(config, data=data)

@@ -369,3 +369,29 @@ def test_build_replaces_damaged_cache(kaggle_folder, tmp_path, caplog):
         rebuilt = build_cache(table, tmp_path / "cache", 16, skipped=skipped, progress=False)
     assert "building the cache again" in caplog.text
     np.testing.assert_array_equal(rebuilt.hu, expected)
+
+
+def test_overrides_get_their_own_folders(tmp_path):
+    from ichlab.data import with_data_overrides
+
+    config = get_config("quick")
+    mode_root, mode_cache = Path(config.data.root), Path(config.data.cache_dir)
+
+    same = with_data_overrides(config, seed=config.data.seed, image_size=None)
+    assert (Path(same.data.root), Path(same.data.cache_dir)) == (mode_root, mode_cache)
+
+    reseeded = with_data_overrides(config, seed=config.data.seed + 1)
+    name = f"quick-p{config.data.n_patients}-seed{config.data.seed + 1}"
+    assert Path(reseeded.data.root) == mode_root.with_name(name)
+    assert Path(reseeded.data.cache_dir) == mode_cache.with_name(name)
+
+    resized = with_data_overrides(config, image_size=64)
+    assert Path(resized.data.root) == mode_root
+    assert Path(resized.data.cache_dir) == mode_cache.with_name(f"{mode_cache.name}-64px")
+
+    explicit = with_data_overrides(config, seed=config.data.seed + 1, cache_dir=tmp_path / "mine")
+    assert Path(explicit.data.cache_dir) == tmp_path / "mine"
+
+    rsna = with_data_overrides(config, source="rsna", root=tmp_path)
+    assert Path(rsna.data.cache_dir).name.startswith("quick-rsna-")
+    assert config.data.cache_dir == mode_cache  # the mode's config is left as it was

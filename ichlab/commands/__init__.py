@@ -44,7 +44,7 @@ positive_int = int_in_range(1)
 non_negative_int = int_in_range(0)
 # Seeds reach numpy, which accepts 0 to 2**32 - 1.
 seed_int = int_in_range(0, 2**32 - 1)
-# Model input sizes: the phantom generator needs 16 px, and RSNA slices are 512 px.
+# Model input sizes: the phantom generator needs 16 px, and 1024 px is twice an RSNA slice.
 image_size_int = int_in_range(16, 1024)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ichlab.commands import image_size_int, non_negative_int, positive_int, report_error, seed_int
@@ -35,37 +34,28 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ichlab import pipeline
-    from ichlab.config import data_home, get_config
+    from ichlab.config import get_config
+    from ichlab.data import with_data_overrides
 
     config = get_config(args.mode)
-    defaults = (config.data.n_patients, config.data.seed, config.data.image_size)
-    config.data.seed = args.seed
     config.train.seed = args.seed
     if args.epochs is not None:
         config.train.epochs = args.epochs
-    if args.patients is not None:
-        config.data.n_patients = args.patients
-    if args.image_size is not None:
-        config.data.image_size = args.image_size
     if args.data is not None:
         if not args.data.is_dir():
             return report_error(ValueError(f"--data {args.data} is not a folder; pass the folder that contains stage_2_train/"), args)
         from ichlab.rsna import find_layout
 
         find_layout(args.data)  # raises before any run folder is written when the layout is wrong
-        config.data.source = "rsna"
-        config.data.root = args.data.resolve()
-        digest = hashlib.sha1(str(config.data.root).encode()).hexdigest()[:8]
-        config.data.cache_dir = data_home() / "cache" / f"{config.mode}-rsna-{digest}"
-    else:
-        # Generated data and its cache are named by the settings that change them, so the mode's
-        # default folders, which the notebooks share, are never overwritten.
-        if (config.data.n_patients, config.data.seed) != defaults[:2]:
-            name = f"{config.mode}-p{config.data.n_patients}-seed{config.data.seed}"
-            config.data.root = config.data.root.with_name(name)
-            config.data.cache_dir = config.data.cache_dir.with_name(name)
-        if config.data.image_size != defaults[2]:
-            config.data.cache_dir = config.data.cache_dir.with_name(f"{config.data.cache_dir.name}-{config.data.image_size}px")
+    # Settings other than the mode's get their own data and cache folders.
+    config = with_data_overrides(
+        config,
+        source="rsna" if args.data is not None else None,
+        root=args.data.resolve() if args.data is not None else None,
+        seed=args.seed,
+        n_patients=args.patients,
+        image_size=args.image_size,
+    )
 
     out_dir = args.out or Path("runs") / f"{config.mode}-seed{args.seed}"
     print(f"ichlab reproduce: {config.mode} mode, {config.data.source} data, writing {out_dir}")
