@@ -171,11 +171,14 @@ def with_data_overrides(config, **changes):
     """Return a copy of ``config`` with some ``config.data`` fields replaced (CLI overrides).
 
     Changed settings get their own folders, named after them, so that the mode's folders,
-    which the notebooks share, are never overwritten. Generated data with another number of
-    patients or seed goes to ``<mode>-p<N>-seed<S>`` (data and cache); an RSNA folder other
-    than the mode's is cached in ``<mode>-rsna-<digest of its path>``; another image size adds
-    ``-<size>px`` to the cache folder. A ``root`` or ``cache_dir`` passed here is kept as given.
-    None values are ignored.
+    which the notebooks share, are never overwritten:
+
+    - generated data with another number of patients or seed: ``<mode>-p<N>-seed<S>``, for
+      the data and the cache;
+    - an RSNA folder other than the mode's: a cache named ``<mode>-rsna-<digest of its path>``;
+    - another image size: ``-<size>px`` added to the cache folder's name.
+
+    A ``root`` or ``cache_dir`` passed here is kept as given. None values are ignored.
     """
     changes = {key: value for key, value in changes.items() if value is not None}
     mode_data = config.data
