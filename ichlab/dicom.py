@@ -277,84 +277,6 @@ def _padding_mask(ds: Dataset, stored: np.ndarray, bits_stored: int, signed: boo
     return (stored >= low) & (stored <= high)
 
 
-def ct_slice_dataset(
-    stored: np.ndarray,
-    *,
-    bits_stored: int = 16,
-    signed: bool = True,
-    intercept: float | None = -1024.0,
-    slope: float | None = 1.0,
-    modality: str = "CT",
-    position: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-    pixel_spacing: tuple[float, float] = (0.5, 0.5),
-    slice_thickness: float = 5.0,
-    series_uid: str | None = None,
-    sop_uid: str | None = None,
-    padding_value: int | None = None,
-    little_endian: bool = True,
-) -> Dataset:
-    """Build one CT slice as a pydicom ``Dataset`` with file meta, for demonstrations and tests.
-
-    ``stored`` becomes 16-bit words exactly as given (values wrap to 16 bits), so any header
-    quirk can be reproduced: pass ``intercept=None`` or ``slope=None`` to leave that element
-    out. UIDs that are not valid, such as RSNA's ``ID_...`` ids, are kept as given.
-    :func:`write_ct_slice` writes the same dataset to a file.
-    """
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
-
-    words = np.atleast_2d(np.asarray(stored, dtype=np.int64)) & 0xFFFF  # (H, W)
-    with _quiet_pydicom():
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid or generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SOPClassUID = CTImageStorage
-        ds.Modality = modality
-        ds.PatientID = "ID_demo"
-        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-        ds.SeriesInstanceUID = series_uid or "1.2.826.0.1.3680043.8.498.2"
-        ds.ImagePositionPatient = [float(value) for value in position]
-        ds.ImageOrientationPatient = [float(value) for value in orientation]
-        ds.PixelSpacing = [float(value) for value in pixel_spacing]
-        ds.SliceThickness = slice_thickness
-        ds.Rows, ds.Columns = words.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = 1 if signed else 0
-        if intercept is not None:
-            ds.RescaleIntercept = intercept
-        if slope is not None:
-            ds.RescaleSlope = slope
-        if padding_value is not None:
-            ds.add_new(0x00280120, "SS" if signed else "US", int(padding_value))  # PixelPaddingValue
-        ds.PixelData = words.astype("<u2" if little_endian else ">u2").tobytes()
-    return ds
-
-
-def write_ct_slice(path: str | PathLike, stored: np.ndarray, **options) -> Path:
-    """Write one CT slice as a DICOM file with pydicom, for demonstrations and tests.
-
-    ``options`` are those of :func:`ct_slice_dataset`, which builds the dataset.
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-    """
-    ds = ct_slice_dataset(stored, **options)
-    little_endian = options.get("little_endian", True)
-    with _quiet_pydicom():
-        ds.save_as(path, enforce_file_format=True, little_endian=little_endian, implicit_vr=False)
-    return Path(path)
-
-
 def load_hu(
     path_or_dataset: str | PathLike | Dataset,
     *,
@@ -429,9 +351,11 @@ def load_hu(
     return hu
 
 
-# The header scan lives in ichlab.dicom_scan, which imports from this module; its public names
-# are part of this module's interface and are loaded on first access to avoid an import cycle.
+# The header scan lives in ichlab.dicom_scan and the writer in ichlab.dicom_write, which both
+# import from this module. Their public names are part of this module's interface and are
+# loaded on first access to avoid an import cycle.
 _SCAN_NAMES = ("EXTRA_HEADER_COLUMNS", "HEADER_COLUMNS", "HeaderScan", "read_header_row", "scan_headers")
+_WRITE_NAMES = ("ct_slice_dataset", "write_ct_slice")
 
 
 def __getattr__(name: str):
@@ -439,4 +363,8 @@ def __getattr__(name: str):
         from ichlab import dicom_scan
 
         return getattr(dicom_scan, name)
+    if name in _WRITE_NAMES:
+        from ichlab import dicom_write
+
+        return getattr(dicom_write, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -373,8 +373,8 @@ def test_scan_command_fails_without_slices(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     scan_command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["scan", str(tmp_path), "--no-progress"])
-    assert args.run(args) == 1
-    assert "no readable CT slices found" in capsys.readouterr().out
+    assert args.run(args) == 2
+    assert "error: no readable CT slices" in capsys.readouterr().err
 
 
 def test_write_ct_slice_round_trip(tmp_path):
