@@ -1,8 +1,8 @@
 """Writing CT slices as DICOM files with pydicom, for demonstrations and tests.
 
-The course's notebooks and tests build every header quirk they discuss (wrapped 12-bit values,
-missing rescale tags, padding values, big-endian files) with these two functions; they are
-also available as ``ichlab.dicom.ct_slice_dataset`` and ``ichlab.dicom.write_ct_slice``.
+The course's notebooks and tests build every header quirk they discuss with these two
+functions: wrapped 12-bit values, missing rescale tags, padding values and big-endian files.
+Both are also available as ``ichlab.dicom.ct_slice_dataset`` and ``ichlab.dicom.write_ct_slice``.
 """
 
 from __future__ import annotations
