@@ -262,5 +262,5 @@ def test_cli_rejects_unknown_quirk(tmp_path, capsys):
     command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["phantom", "--out", str(tmp_path / "cli"), "--patients", "1", "--quirks", "bent_pixels"])
     assert args.run(args) == 2
-    assert "bent_pixels" in capsys.readouterr().out
+    assert "bent_pixels" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
