@@ -12,6 +12,7 @@ import logging
 import sys
 
 from ichlab import __version__
+from ichlab.commands import report_error
 
 # Subcommands in the order a student meets them.
 COMMANDS = (
@@ -61,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         # A missing file, an unreadable DICOM or invalid labels is the user's to fix: print the
         # message alone, and the traceback only with --verbose.
-        if args.verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error, args)
 
 
 if __name__ == "__main__":
