@@ -174,8 +174,7 @@ class _CacheDataset(Dataset):
         if self.window_on_device:
             item["image"] = hu.round().to(torch.int16) if hu.is_floating_point() else hu  # (K, H, W) int16
         else:
-            windowed = torch.empty((hu.shape[0], len(CHANNEL_ORDER), *hu.shape[1:]), dtype=torch.float32)
-            item["image"] = _window_into(hu.float(), windowed)  # (K, 3, H, W)
+            item["image"] = window_batch(hu[None], "sequence")[0]  # (K, 3, H, W)
         if masks is not None:
             item["masks"] = masks.bool()  # (5, H, W)
         return item
