@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from ichlab.dicom import load_hu, scan_headers
+from ichlab.dicom import ct_slice_dataset, load_hu, scan_headers
 from ichlab.windows import WINDOWS, stack_windows
 
 
@@ -38,30 +37,15 @@ def write_series(folder: Path, n_files: int, size: int = 512) -> list[Path]:
     series_uid = generate_uid()
     paths = []
     for index in range(n_files):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SOPClassUID = CTImageStorage
-        ds.Modality = "CT"
+        pixels = rng.integers(0, 2500, size=(size, size), dtype=np.uint16)
+        ds = ct_slice_dataset(
+            pixels, bits_stored=12, signed=False, position=(-125.0, -125.0, 5.0 * index),
+            pixel_spacing=(0.488, 0.488), series_uid=series_uid,
+        )
         ds.PatientID = "ID_bench"
         ds.StudyInstanceUID = "1.2.826.0.1.2"
-        ds.SeriesInstanceUID = series_uid
         ds.InstanceNumber = index + 1
-        ds.ImagePositionPatient = [-125.0, -125.0, 5.0 * index]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.488, 0.488]
-        ds.SliceThickness = 5.0
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.WindowCenter, ds.WindowWidth = 40, 80
-        pixels = rng.integers(0, 2500, size=(size, size), dtype=np.uint16)
-        ds.PixelData = pixels.tobytes()
         path = folder / f"ID_{index:06x}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

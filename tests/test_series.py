@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-from ichlab.dicom import scan_headers
+from ichlab.dicom import ct_slice_dataset, scan_headers
 from ichlab.series import neighbour_indices, order_slices, series_report
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -36,27 +33,11 @@ def header_table(positions, *, series_uid="1.2.3", orientation=AXIAL, sop_uids=N
 
 
 def write_slice(path, *, series_uid, position, orientation, instance_number):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.SOPClassUID = CTImageStorage
-    ds.Modality = "CT"
+    ds = ct_slice_dataset(np.zeros((4, 4)), intercept=0, position=position, orientation=orientation, series_uid=series_uid)
+    del ds.SliceThickness  # the slices carry no thickness, so ordering relies on positions alone
     ds.PatientID = "P1"
     ds.StudyInstanceUID = "1.2.3.4"
-    ds.SeriesInstanceUID = series_uid
     ds.InstanceNumber = instance_number
-    ds.ImagePositionPatient = list(position)
-    ds.ImageOrientationPatient = list(orientation)
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-    ds.PixelData = np.zeros((4, 4), dtype=np.int16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -213,8 +194,6 @@ def test_real_tilted_series_with_shuffled_names(real_ct_series, tmp_path):
 def _write_series_with_damaged_slice(folder, damaged=2, n_slices=4):
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLosslessSV1
-
-    from ichlab.dicom import ct_slice_dataset
 
     folder.mkdir()
     for index in range(n_slices):
