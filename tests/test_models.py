@@ -18,12 +18,7 @@ from ichlab.models import (
 SIZE = 32  # pixels per side: small for speed; the backbone reduces it to a 1 x 1 feature map
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def windows(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -22,12 +22,7 @@ from ichlab.validation import validation_scores
 SIZE = 32  # pixels per side; tiny images keep each step well under a second on one core
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ToySlices(Dataset):
