@@ -75,18 +75,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _short_reason(error: BaseException) -> str:
-    """Return the telling line of a ``torch.load`` failure, prefixed with the exception type.
+    """Return the informative line of a ``torch.load`` failure, prefixed with the exception type.
 
     torch's weights-only messages run to several paragraphs and suggest ``weights_only=False``,
     which would run code from the file. A file of random bytes can fail with a bare KeyError,
     and an empty one with no message at all.
     """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    telling = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
-    telling = telling.removeprefix("WeightsUnpickler error: ").split(". ")[0]  # the first sentence
-    if len(telling) > 200:
-        telling = telling[:200] + "..."
-    return f"{type(error).__name__}: {telling}" if telling else type(error).__name__
+    reason = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+    reason = reason.removeprefix("WeightsUnpickler error: ").split(". ")[0]  # the first sentence
+    if len(reason) > 200:
+        reason = reason[:200] + "..."
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
 
 
 def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
